@@ -1,0 +1,314 @@
+"""Compiled prefill / insert / decode programs of one model replica on one mesh.
+
+The contract, in the spirit of JetStream's engine API:
+
+  prefix = engine.prefill(params, batch, key)            # prompt -> first token + KV
+  prefix = transfer.to_engine(prefix, decode_engine)      # (split mode only)
+  state  = engine.insert(prefix, state, row, slot)        # KV row -> decode slot (donated)
+  state, tokens_B = engine.decode(params, state, key, attend_len)   # one step (donated)
+
+Every program is one ``jax.jit`` with explicit in/out shardings on this
+engine's mesh and static shapes from bounded buckets: prompt length and
+prefill batch are padded up to buckets, decode attends over a power-of-two
+prefix of the cache. ``prefill(..., layerwise=True)`` runs the same math as a
+chain of layer-group programs so each group's KV is ready (and can be copied
+to another mesh) while later groups still compute.
+
+State is explicit: params, caches and PRNG keys are passed in and returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from splitjax import mesh as mesh_lib
+from splitjax.config import ConfigError, EngineConfig
+from splitjax.engine.types import DecodeState, KVGroup, KVLayout, Prefix
+from splitjax.model.attention import rope_tables
+from splitjax.model.llama import jnp_dtype
+from splitjax.model.params import ModelDefs, Params
+from splitjax.model.sampling import SamplingParams, sample
+
+
+class PromptError(ValueError):
+  """A prompt cannot be served (empty, too long, token id out of vocabulary)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefillBatch:
+  """Host-side padded prompt batch.
+
+  tokens_BT: int32 [B, T], right-padded with 0; T is a prefill bucket.
+  lengths_B: int32 [B]; padding rows have length 1 (a single token 0).
+  num_real: rows [0, num_real) are real prompts, the rest batch padding.
+  sampling: per-row sampling parameters (host arrays).
+  """
+  tokens_BT: np.ndarray
+  lengths_B: np.ndarray
+  num_real: int
+  sampling: SamplingParams
+
+
+def _pow2_at_least(n: int) -> int:
+  return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+class Engine:
+  """Programs for one replica of ``defs.cfg`` on ``mesh`` (see module doc)."""
+
+  def __init__(self, defs: ModelDefs, cfg: EngineConfig, mesh: Mesh):
+    mesh_lib.check_model_fits(defs.cfg, mesh)
+    self.defs, self.cfg, self.mesh = defs, cfg, mesh
+    self.model = defs.cfg
+    self.max_cache_len = cfg.max_cache_len or self.model.max_seq_len
+    if self.max_cache_len > self.model.max_seq_len:
+      raise ConfigError(f"engine.max_cache_len {self.max_cache_len} exceeds the model's "
+                        f"max_seq_len {self.model.max_seq_len}")
+    self.dp = mesh.shape["dp"]
+    if cfg.decode_slots % self.dp:
+      raise ConfigError(f"engine.decode_slots ({cfg.decode_slots}) must be a multiple of dp={self.dp}")
+    self.kv_layout = KVLayout(self.model.num_layers, self.model.num_kv_heads,
+                              self.model.head_dim, np.dtype(jnp_dtype(self.model.dtype)))
+    self.kv_sharding = NamedSharding(mesh, mesh_lib.kv_spec())
+    self.cache_sharding = NamedSharding(mesh, mesh_lib.cache_spec())
+    self.rep = mesh_lib.replicated(mesh)
+    self.group_size = cfg.layer_group_size or max(1, math.ceil(self.model.num_layers / 8))
+    self._param_sh = None
+    self._programs: dict = {}
+
+  # ------------------------------------------------------------------ params
+  def place_params(self, params: Params) -> Params:
+    """Copies/reshards ``params`` onto this mesh (per ``mesh.LOGICAL_RULES``)."""
+    self._param_sh = mesh_lib.param_shardings(params, self.mesh)
+    return jax.device_put(params, self._param_sh)
+
+  def _params_sh(self, params: Params):
+    if self._param_sh is None:
+      self._param_sh = mesh_lib.param_shardings(params, self.mesh)
+    return self._param_sh
+
+  # ------------------------------------------------------------------ batching
+  def bucket_for(self, length: int) -> int:
+    """Padded length for a prompt: the smallest bucket >= length, capped at the
+    cache length so every prefix fits a decode slot."""
+    fits = [b for b in self.cfg.prefill_buckets if b >= length]
+    if not fits or length > self.max_cache_len:
+      raise PromptError(f"prompt of {length} tokens exceeds the largest prefill bucket "
+                        f"({min(self.cfg.prefill_buckets[-1], self.max_cache_len)})")
+    return min(fits[0], self.max_cache_len)
+
+  def validate_prompt(self, prompt: list[int] | np.ndarray, max_new_tokens: int = 0) -> None:
+    """Raises PromptError naming the problem, or returns None."""
+    n = len(prompt)
+    if n == 0:
+      raise PromptError("empty prompt: at least one token id is required")
+    limit = min(self.model.max_seq_len, self.max_cache_len)
+    if n + max_new_tokens > limit:
+      raise PromptError(f"prompt of {n} tokens + {max_new_tokens} new tokens exceeds the "
+                        f"context limit of {limit} tokens")
+    arr = np.asarray(prompt)
+    if not np.issubdtype(arr.dtype, np.integer):
+      raise PromptError(f"token ids must be integers, got dtype {arr.dtype}")
+    bad = arr[(arr < 0) | (arr >= self.model.vocab_size)]
+    if bad.size:
+      raise PromptError(f"token id {int(bad[0])} is out of vocabulary "
+                        f"[0, {self.model.vocab_size})")
+    self.bucket_for(n)
+
+  def make_batch(self, prompts: list, sampling: SamplingParams | None = None,
+                 batch_size: int | None = None) -> PrefillBatch:
+    """Validates and right-pads prompts into a bucketed PrefillBatch.
+
+    The batch dimension is padded to ``batch_size`` or to the next power of
+    two (and a multiple of dp), so few batch shapes are ever compiled.
+    """
+    for p in prompts:
+      self.validate_prompt(p)
+    n = len(prompts)
+    t = self.bucket_for(max(len(p) for p in prompts))
+    b = batch_size or _pow2_at_least(n)
+    b = -(-max(b, n) // self.dp) * self.dp
+    tokens = np.zeros((b, t), np.int32)
+    lengths = np.ones((b,), np.int32)
+    for i, p in enumerate(prompts):
+      tokens[i, :len(p)] = p
+      lengths[i] = len(p)
+    if sampling is None:
+      sampling = SamplingParams.stack([], b)
+    elif sampling.temperature_B.shape[0] != b:
+      sampling = SamplingParams(*(np.pad(np.asarray(a), (0, b - a.shape[0]),
+                                         constant_values=d)
+                                  for a, d in zip(dataclasses.astuple(sampling), (0.0, 0, 1.0))))
+    return PrefillBatch(tokens, lengths, n, sampling)
+
+  # ------------------------------------------------------------------ prefill
+  def prefill(self, params: Params, batch: PrefillBatch, key: jax.Array, *,
+              layerwise: bool = False) -> Prefix:
+    """Prompt batch -> Prefix (first token + KV) on this mesh. Non-blocking.
+
+    layerwise=False: one program. layerwise=True: embed, then one program per
+    group of ``self.group_size`` layers, then the head; identical results.
+    """
+    args = (batch.tokens_BT, batch.lengths_B, batch.sampling)
+    if not layerwise:
+      return self._program("prefill", params)(params, *args, key)
+    x = self._program("embed", params)(params.embed, batch.tokens_BT)
+    groups = []
+    for lo in range(0, self.model.num_layers, self.group_size):
+      layers = params.layers[lo:lo + self.group_size]
+      x, group = self._program("group", params, len(layers))(layers, x)
+      groups.append(group)
+    first = self._program("head", params)(params, x, batch.lengths_B, batch.sampling, key)
+    return Prefix(tuple(groups), first, jax.device_put(batch.lengths_B, self.rep),
+                  jax.device_put(batch.sampling, self.rep))
+
+  def _run_layers(self, layers, x_BTD):
+    t = x_BTD.shape[1]
+    cos, sin = rope_tables(self.model, jnp.arange(t)[None, :])
+    ks, vs = [], []
+    for layer in layers:
+      x_BTD, k, v = self.defs.block_mod(layer).prefill(x_BTD, cos, sin, self.cfg.attention_chunk)
+      ks.append(k)
+      vs.append(v)
+    return x_BTD, KVGroup(jnp.stack(ks), jnp.stack(vs))
+
+  def _first_token(self, params, x_BTD, lengths_B, sp, key):
+    last = jnp.take_along_axis(x_BTD, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+    return sample(self.defs.logits(params, last), key, sp)
+
+  def _prefill_fn(self, params, tokens_BT, lengths_B, sp, key):
+    x = self.defs.embed_mod(params.embed)(tokens_BT)
+    x, group = self._run_layers(params.layers, x)
+    return Prefix((group,), self._first_token(params, x, lengths_B, sp, key), lengths_B, sp)
+
+  # ------------------------------------------------------------------ decode
+  def init_decode_state(self) -> DecodeState:
+    """Empty decode state: zero cache, no active slot, greedy sampling."""
+    m, s = self.model, self.cfg.decode_slots
+    shape = (m.num_layers, s, m.num_kv_heads, self.max_cache_len, m.head_dim)
+    dt = jnp_dtype(m.dtype)
+    zeros = jax.jit(lambda: jnp.zeros(shape, dt), out_shardings=self.cache_sharding)
+    bsh = mesh_lib.batch_sharding(self.mesh)
+    host = (np.zeros(s, np.int32), np.zeros(s, np.int32), np.zeros(s, bool),
+            SamplingParams.stack([], s))
+    lengths, tokens, active, sp = jax.device_put(host, bsh)
+    return DecodeState(zeros(), zeros(), lengths, tokens, active, sp)
+
+  def attend_len(self, max_cached: int) -> int:
+    """Static attention span for a step whose longest slot has ``max_cached``
+    cached positions (the step writes at that position and attends to it)."""
+    need = max(self.cfg.min_attend_len, _pow2_at_least(max_cached + 1))
+    return min(need, self.max_cache_len)
+
+  def insert(self, prefix: Prefix, state: DecodeState, row: int, slot: int) -> DecodeState:
+    """Copies prefix row ``row`` into decode slot ``slot`` and activates it.
+
+    ``state`` is donated: do not use it afterwards. ``prefix`` must already be
+    on this engine's mesh (see ``splitjax.transfer``).
+    """
+    if prefix.padded_len > self.max_cache_len:
+      raise PromptError(f"prefix of {prefix.padded_len} positions does not fit a cache "
+                        f"of {self.max_cache_len}")
+    self.kv_layout.check(prefix)
+    return self._program("insert", None, len(prefix.kv))(prefix, state, np.int32(row),
+                                                           np.int32(slot))
+
+  def release(self, state: DecodeState, slot: int) -> DecodeState:
+    """Deactivates ``slot`` (donates ``state``); its cache is simply overwritten later."""
+    return self._program("release", None)(state, np.int32(slot))
+
+  def decode(self, params: Params, state: DecodeState, key: jax.Array,
+             attend_len: int) -> tuple[DecodeState, jax.Array]:
+    """One decode step for every slot; ``state`` is donated.
+
+    Active slots write their token's KV at position ``lengths_B`` (in place),
+    attend over cache positions [0, attend_len), sample the next token and
+    advance. Returns (new state, int32 tokens_B); inactive slots' tokens are
+    meaningless. ``attend_len`` must exceed every active slot's length; use
+    :meth:`attend_len`.
+    """
+    return self._program("decode", params, attend_len)(params, state, key)
+
+  def _insert_fn(self, prefix: Prefix, state: DecodeState, row, slot):
+    k, v = state.k_LBKSH, state.v_LBKSH
+    lo = 0
+    for g in prefix.kv:
+      rows = lambda a: jax.lax.dynamic_slice_in_dim(a, row, 1, axis=1)
+      k = jax.lax.dynamic_update_slice(k, rows(g.k_LBKTH).astype(k.dtype), (lo, slot, 0, 0, 0))
+      v = jax.lax.dynamic_update_slice(v, rows(g.v_LBKTH).astype(v.dtype), (lo, slot, 0, 0, 0))
+      lo += g.num_layers
+    put = lambda dst, src: dst.at[slot].set(src[row])
+    sp = jax.tree.map(put, state.sampling, prefix.sampling)
+    return DecodeState(k, v, put(state.lengths_B, prefix.lengths_B),
+                       put(state.tokens_B, prefix.first_token_B),
+                       state.active_B.at[slot].set(True), sp)
+
+  def _release_fn(self, state: DecodeState, slot):
+    return dataclasses.replace(state, active_B=state.active_B.at[slot].set(False))
+
+  def _decode_fn(self, attend_len, params, state: DecodeState, key):
+    pos = state.lengths_B
+    x = self.defs.embed_mod(params.embed)(state.tokens_B)
+    cos, sin = rope_tables(self.model, pos)
+    k, v = state.k_LBKSH, state.v_LBKSH
+    for i, layer in enumerate(params.layers):
+      x, k, v = self.defs.block_mod(layer).decode(x, cos, sin, pos, i, k, v, attend_len)
+    tok = sample(self.defs.logits(params, x), key, state.sampling)
+    active = state.active_B
+    new = DecodeState(k, v, jnp.where(active, pos + 1, pos),
+                      jnp.where(active, tok, state.tokens_B), active, state.sampling)
+    return new, tok
+
+  # ------------------------------------------------------------------ compile
+  def _program(self, name: str, params, *static):
+    """The jitted program ``name`` (cached per static arguments)."""
+    key = (name, *static)
+    if key not in self._programs:
+      self._programs[key] = self._build(name, params, *static)
+    return self._programs[key]
+
+  def _build(self, name: str, params, *static):
+    rep, bsh = self.rep, mesh_lib.batch_sharding(self.mesh)
+    bsh2 = mesh_lib.batch_sharding(self.mesh, 2)
+    x_sh = mesh_lib.batch_sharding(self.mesh, 3)
+    kv_sh = KVGroup(self.kv_sharding, self.kv_sharding)
+    sp_sh = SamplingParams(rep, rep, rep)
+    if name == "prefill":
+      psh = self._params_sh(params)
+      return jax.jit(self._prefill_fn, in_shardings=(psh, bsh2, rep, sp_sh, rep),
+                     out_shardings=Prefix((kv_sh,), rep, rep, sp_sh))
+    if name == "embed":
+      return jax.jit(lambda e, t: self.defs.embed_mod(e)(t),
+                     in_shardings=(self._params_sh(params).embed, bsh2), out_shardings=x_sh)
+    if name == "group":
+      (n,) = static
+      lsh = self._params_sh(params).layers[:n]
+      return jax.jit(self._run_layers, in_shardings=(lsh, x_sh), out_shardings=(x_sh, kv_sh),
+                     donate_argnums=1)
+    if name == "head":
+      return jax.jit(self._first_token,
+                     in_shardings=(self._params_sh(params), x_sh, rep, sp_sh, rep),
+                     out_shardings=rep)
+    state_sh = DecodeState(self.cache_sharding, self.cache_sharding, bsh, bsh, bsh,
+                           SamplingParams(bsh, bsh, bsh))
+    if name == "insert":
+      (groups,) = static
+      prefix_sh = Prefix((kv_sh,) * groups, rep, rep, sp_sh)
+      return jax.jit(self._insert_fn, in_shardings=(prefix_sh, state_sh, rep, rep),
+                     out_shardings=state_sh, donate_argnums=1)
+    if name == "release":
+      return jax.jit(self._release_fn, in_shardings=(state_sh, rep), out_shardings=state_sh,
+                     donate_argnums=0)
+    if name == "decode":
+      (attend_len,) = static
+      return jax.jit(functools.partial(self._decode_fn, attend_len),
+                     in_shardings=(self._params_sh(params), state_sh, rep),
+                     out_shardings=(state_sh, rep), donate_argnums=1)
+    raise KeyError(name)

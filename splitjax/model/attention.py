@@ -1,0 +1,92 @@
+"""Attention kernels and rotary embeddings as pure functions.
+
+Shape letters: B batch, T prompt positions, S cache positions, N query heads,
+K key/value heads, G = N // K query heads per KV head, H head dim, D model dim.
+Softmax and rotary math run in float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from splitjax.config import ModelConfig
+
+_NEG_INF = -1e30
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [H/2] (float32), with Llama-3 scaling if configured."""
+  h = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  if cfg.rope_scaling_factor <= 0:
+    return inv_freq
+  factor = cfg.rope_scaling_factor
+  low_wavelen = cfg.rope_original_max_len / cfg.rope_low_freq_factor
+  high_wavelen = cfg.rope_original_max_len / cfg.rope_high_freq_factor
+  wavelen = 2 * jnp.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+  smooth = ((cfg.rope_original_max_len / wavelen - cfg.rope_low_freq_factor)
+            / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin of shape positions.shape + [H] (float32), half-split layout."""
+  angles = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates ``x`` [..., heads, H] with cos/sin broadcast over the heads axis.
+
+  ``cos``/``sin`` have x's shape without the heads axis (e.g. [B, T, H]).
+  Uses the rotate-half convention of Hugging Face Llama checkpoints.
+  """
+  dtype = x.dtype
+  x = x.astype(jnp.float32)
+  cos, sin = cos[..., None, :], sin[..., None, :]
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return (x * cos + rotated * sin).astype(dtype)
+
+
+def causal_prefill_attention(q_BKGTH: jax.Array, k_BKTH: jax.Array, v_BKTH: jax.Array,
+                             chunk: int) -> jax.Array:
+  """Causal self-attention over right-padded prompts, returns [B, K, G, T, H].
+
+  Queries are processed in chunks of ``chunk`` positions; each chunk attends
+  only to keys up to its own end, so fully masked key blocks are never
+  computed. Right padding needs no extra mask: a valid position never sees a
+  later (padded) key.
+  """
+  t = q_BKGTH.shape[3]
+  scale = q_BKGTH.shape[-1] ** -0.5
+  outs = []
+  for start in range(0, t, chunk):
+    end = min(start + chunk, t)
+    q = q_BKGTH[:, :, :, start:end]
+    k, v = k_BKTH[:, :, :end], v_BKTH[:, :, :end]
+    s = jnp.einsum("bkgqh,bksh->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
+    causal = (start + jnp.arange(end - start))[:, None] >= jnp.arange(end)[None, :]
+    p = jax.nn.softmax(jnp.where(causal, s, _NEG_INF), axis=-1)
+    outs.append(jnp.einsum("bkgqs,bksh->bkgqh", p.astype(v.dtype), v,
+                           preferred_element_type=jnp.float32).astype(q.dtype))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+
+
+def decode_attention(q_BKGH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array,
+                     valid_B: jax.Array) -> jax.Array:
+  """One query per sequence against its cache; positions >= valid_B are masked.
+
+  Returns [B, K, G, H].
+  """
+  scale = q_BKGH.shape[-1] ** -0.5
+  s = jnp.einsum("bkgh,bksh->bkgs", q_BKGH, k_BKSH, preferred_element_type=jnp.float32) * scale
+  mask = jnp.arange(k_BKSH.shape[2])[None, :] < valid_B[:, None]
+  p = jax.nn.softmax(jnp.where(mask[:, None, None, :], s, _NEG_INF), axis=-1)
+  return jnp.einsum("bkgs,bksh->bkgh", p.astype(v_BKSH.dtype), v_BKSH,
+                    preferred_element_type=jnp.float32).astype(q_BKGH.dtype)

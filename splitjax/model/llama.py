@@ -1,0 +1,173 @@
+"""Llama-family decoder in Flax NNX.
+
+Embedding, RMSNorm, rotary embeddings, grouped-query attention and a SwiGLU
+MLP, with optional tied embeddings. Parameters carry *logical* partition names
+(``embed``, ``heads``, ``kv_heads``, ``mlp``, ``vocab``); ``splitjax.mesh``
+maps them onto mesh axes.
+
+The model exposes the pieces the engine compiles separately:
+``embed`` -> ``Block.prefill`` / ``Block.decode`` -> ``Head``, plus
+``__call__`` for a plain full-sequence forward (tests, parity checks).
+Kernels are stored as [in, out] (Hugging Face stores [out, in]).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from splitjax.config import DType, ModelConfig
+from splitjax.model import attention
+
+
+def jnp_dtype(dtype: DType):
+  return {DType.FLOAT32: jnp.float32, DType.BFLOAT16: jnp.bfloat16}[dtype]
+
+
+def _linear(cfg: ModelConfig, din: int, dout: int, names: tuple, rngs: nnx.Rngs) -> nnx.Linear:
+  init = nnx.with_partitioning(nnx.initializers.normal(0.02), names, eager_sharding=False)
+  dt = jnp_dtype(cfg.dtype)
+  return nnx.Linear(din, dout, use_bias=False, kernel_init=init, dtype=dt,
+                    param_dtype=dt, rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / rms(x) * scale, computed in float32, returned in the input dtype."""
+
+  def __init__(self, dim: int, eps: float, dtype):
+    self.scale = nnx.Param(jnp.ones((dim,), dtype), sharding=("embed",), eager_sharding=False)
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...] * y.astype(x.dtype)
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.mlp_hidden
+    self.gate_proj = _linear(cfg, d, f, ("embed", "mlp"), rngs)
+    self.up_proj = _linear(cfg, d, f, ("embed", "mlp"), rngs)
+    self.down_proj = _linear(cfg, f, d, ("mlp", "embed"), rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+  """One decoder layer: x + attn(norm(x)), then + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, dt = cfg.hidden_size, jnp_dtype(cfg.dtype)
+    self.input_norm = RMSNorm(d, cfg.rms_norm_eps, dt)
+    self.q_proj = _linear(cfg, d, cfg.q_size, ("embed", "heads"), rngs)
+    self.k_proj = _linear(cfg, d, cfg.kv_size, ("embed", "kv_heads"), rngs)
+    self.v_proj = _linear(cfg, d, cfg.kv_size, ("embed", "kv_heads"), rngs)
+    self.o_proj = _linear(cfg, cfg.q_size, d, ("heads", "embed"), rngs)
+    self.post_norm = RMSNorm(d, cfg.rms_norm_eps, dt)
+    self.mlp = MLP(cfg, rngs)
+
+  def _qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
+    """x [..., D] -> q [..., K, G, H], k and v [..., K, H], rotary applied."""
+    c = self.cfg
+    g = c.num_heads // c.num_kv_heads
+    h = self.input_norm(x)
+    lead = x.shape[:-1]
+    q = self.q_proj(h).reshape(*lead, c.num_heads, c.head_dim)
+    k = self.k_proj(h).reshape(*lead, c.num_kv_heads, c.head_dim)
+    v = self.v_proj(h).reshape(*lead, c.num_kv_heads, c.head_dim)
+    q = attention.apply_rope(q, cos, sin).reshape(*lead, c.num_kv_heads, g, c.head_dim)
+    k = attention.apply_rope(k, cos, sin)
+    return q, k, v
+
+  def _finish(self, x: jax.Array, attn: jax.Array) -> jax.Array:
+    x = x + self.o_proj(attn)
+    return x + self.mlp(self.post_norm(x))
+
+  def prefill(self, x_BTD: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array,
+              chunk: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Causal layer over right-padded prompts.
+
+    Returns (x_BTD, k_BKTH, v_BKTH): the layer output and this layer's KV,
+    in the canonical cache layout (KV heads before positions).
+    """
+    b, t, _ = x_BTD.shape
+    q, k, v = self._qkv(x_BTD, cos_BTH, sin_BTH)
+    q_BKGTH = q.transpose(0, 2, 3, 1, 4)
+    k_BKTH, v_BKTH = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    o = attention.causal_prefill_attention(q_BKGTH, k_BKTH, v_BKTH, chunk)
+    o = o.transpose(0, 3, 1, 2, 4).reshape(b, t, self.cfg.q_size)
+    return self._finish(x_BTD, o), k_BKTH, v_BKTH
+
+  def decode(self, x_BD: jax.Array, cos_BH: jax.Array, sin_BH: jax.Array,
+             pos_B: jax.Array, layer: int, k_LBKSH: jax.Array, v_LBKSH: jax.Array,
+             attend_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One new token per sequence, written into the stacked cache in place.
+
+    The token's K/V go to ``[layer, b, :, pos_B[b], :]``; attention covers
+    cache positions [0, attend_len) masked to <= pos_B. Returns
+    (x_BD, k_LBKSH, v_LBKSH); callers donate the cache so the scatter is
+    an in-place update.
+    """
+    b = x_BD.shape[0]
+    q, k, v = self._qkv(x_BD, cos_BH, sin_BH)  # q [B,K,G,H], k/v [B,K,H]
+    rows = jnp.arange(b)
+    k_LBKSH = k_LBKSH.at[layer, rows, :, pos_B, :].set(k.astype(k_LBKSH.dtype))
+    v_LBKSH = v_LBKSH.at[layer, rows, :, pos_B, :].set(v.astype(v_LBKSH.dtype))
+    o = attention.decode_attention(q, k_LBKSH[layer, :, :, :attend_len],
+                                   v_LBKSH[layer, :, :, :attend_len], pos_B + 1)
+    return self._finish(x_BD, o.reshape(b, self.cfg.q_size)), k_LBKSH, v_LBKSH
+
+
+class Head(nnx.Module):
+  """Final RMSNorm and LM head. With tied embeddings the head has no kernel
+  of its own and takes the embedding table as an argument."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, jnp_dtype(cfg.dtype))
+    self.lm_head = (None if cfg.tie_embeddings
+                    else _linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs))
+
+  def __call__(self, x: jax.Array, table_VD: jax.Array | None = None) -> jax.Array:
+    """x [..., D] -> float32 logits [..., V]."""
+    h = self.norm(x)
+    if self.lm_head is None:
+      return jnp.einsum("...d,vd->...v", h, table_VD, preferred_element_type=jnp.float32)
+    return self.lm_head(h).astype(jnp.float32)
+
+
+class Llama(nnx.Module):
+  """The whole decoder: ``embed``, ``layers`` (nnx.List of Block), ``head``."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dt = jnp_dtype(cfg.dtype)
+    self.embed = nnx.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=dt, rngs=rngs,
+        embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed"),
+                                            eager_sharding=False))
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.head = Head(cfg, rngs)
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    table = self.embed.embedding[...] if self.cfg.tie_embeddings else None
+    return self.head(x, table)
+
+  def __call__(self, tokens_BT: jax.Array, chunk: int = 512) -> jax.Array:
+    """Full causal forward: int tokens [B, T] -> float32 logits [B, T, V]."""
+    t = tokens_BT.shape[1]
+    cos, sin = attention.rope_tables(self.cfg, jnp.arange(t)[None, :])
+    x = self.embed(tokens_BT)
+    for block in self.layers:
+      x, _, _ = block.prefill(x, cos, sin, chunk)
+    return self.logits(x)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Llama:
+  """A randomly initialised model (normal(0.02) weights, unit norms)."""
+  return Llama(cfg, nnx.Rngs(seed))
