@@ -158,9 +158,6 @@ class EngineConfig:
   decode_slots: int = 8
   # Positions per slot in the decode cache; 0 -> model.max_seq_len.
   max_cache_len: int = 0
-  # Decode attends only over the smallest power-of-two length covering every
-  # active slot, but never less than this.
-  min_attend_len: int = 128
   # Layers per prefill program in layer-wise mode; 0 -> chosen from num_layers.
   layer_group_size: int = 0
   # AUTO transfer switches to layer-wise at this prompt length (tokens).

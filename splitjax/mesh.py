@@ -14,7 +14,6 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from splitjax.config import ConfigError, MeshConfig, ModelConfig
@@ -70,21 +69,18 @@ def logical_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh) 
   return P(*axes)
 
 
-def param_shardings(params, mesh: Mesh):
-  """NamedShardings for a pytree of nnx.State (e.g. Params), same structure.
+def _is_names(x) -> bool:
+  return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
 
-  Each leaf's logical names (``out_sharding`` metadata) are mapped through
-  :data:`LOGICAL_RULES`.
+
+def param_shardings(defs, params, mesh: Mesh):
+  """NamedShardings with the structure of ``params`` (a model.params.Params).
+
+  Each leaf's logical axis names (from ``defs.names()``) are mapped through
+  :data:`LOGICAL_RULES`; ``params`` may be arrays or ShapeDtypeStructs.
   """
-  def one(var: nnx.Variable):
-    names = var.get_metadata().get("out_sharding") or (None,) * var.value.ndim
-    return var.replace(NamedSharding(mesh, logical_spec(names, var.value.shape, mesh)))
-  return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def shard_params(params, mesh: Mesh):
-  """Places ``params`` (a Params / nnx.State pytree) on ``mesh`` per the rules."""
-  return jax.device_put(params, param_shardings(params, mesh))
+  return jax.tree.map(lambda n, a: NamedSharding(mesh, logical_spec(n, a.shape, mesh)),
+                      defs.names(), params, is_leaf=_is_names)
 
 
 def kv_spec() -> P:
@@ -93,8 +89,9 @@ def kv_spec() -> P:
 
 
 def cache_spec() -> P:
-  """Decode cache ``[L, slots, K, S, H]``: slots over ``dp``, KV heads over ``tp``."""
-  return P(None, "dp", "tp", None, None)
+  """One layer of the decode cache ``[slots, K, S, H]``: slots over ``dp``,
+  KV heads over ``tp``."""
+  return P("dp", "tp", None, None)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

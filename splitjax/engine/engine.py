@@ -5,12 +5,12 @@ The contract, in the spirit of JetStream's engine API:
   prefix = engine.prefill(params, batch, key)            # prompt -> first token + KV
   prefix = transfer.to_engine(prefix, decode_engine)      # (split mode only)
   state  = engine.insert(prefix, state, row, slot)        # KV row -> decode slot (donated)
-  state, tokens_B = engine.decode(params, state, key, attend_len)   # one step (donated)
+  state, tokens_B = engine.decode(params, state, key)     # one step (donated)
 
 Every program is one ``jax.jit`` with explicit in/out shardings on this
 engine's mesh and static shapes from bounded buckets: prompt length and
-prefill batch are padded up to buckets, decode attends over a power-of-two
-prefix of the cache. ``prefill(..., layerwise=True)`` runs the same math as a
+prefill batch are padded up to buckets; decode has one shape per engine
+(slots x max cache length). ``prefill(..., layerwise=True)`` runs the same math as a
 chain of layer-group programs so each group's KV is ready (and can be copied
 to another mesh) while later groups still compute.
 
@@ -20,7 +20,6 @@ State is explicit: params, caches and PRNG keys are passed in and returned.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -86,12 +85,11 @@ class Engine:
   # ------------------------------------------------------------------ params
   def place_params(self, params: Params) -> Params:
     """Copies/reshards ``params`` onto this mesh (per ``mesh.LOGICAL_RULES``)."""
-    self._param_sh = mesh_lib.param_shardings(params, self.mesh)
-    return jax.device_put(params, self._param_sh)
+    return jax.device_put(params, self._params_sh(params))
 
-  def _params_sh(self, params: Params):
+  def _params_sh(self, params: Params) -> Params:
     if self._param_sh is None:
-      self._param_sh = mesh_lib.param_shardings(params, self.mesh)
+      self._param_sh = mesh_lib.param_shardings(self.defs, params, self.mesh)
     return self._param_sh
 
   # ------------------------------------------------------------------ batching
@@ -192,20 +190,15 @@ class Engine:
   def init_decode_state(self) -> DecodeState:
     """Empty decode state: zero cache, no active slot, greedy sampling."""
     m, s = self.model, self.cfg.decode_slots
-    shape = (m.num_layers, s, m.num_kv_heads, self.max_cache_len, m.head_dim)
-    dt = jnp_dtype(m.dtype)
-    zeros = jax.jit(lambda: jnp.zeros(shape, dt), out_shardings=self.cache_sharding)
+    shape = (s, m.num_kv_heads, self.max_cache_len, m.head_dim)
+    dt, n = jnp_dtype(m.dtype), m.num_layers
+    zeros = jax.jit(lambda: tuple(jnp.zeros(shape, dt) for _ in range(2 * n)),
+                    out_shardings=(self.cache_sharding,) * (2 * n))()
     bsh = mesh_lib.batch_sharding(self.mesh)
     host = (np.zeros(s, np.int32), np.zeros(s, np.int32), np.zeros(s, bool),
             SamplingParams.stack([], s))
     lengths, tokens, active, sp = jax.device_put(host, bsh)
-    return DecodeState(zeros(), zeros(), lengths, tokens, active, sp)
-
-  def attend_len(self, max_cached: int) -> int:
-    """Static attention span for a step whose longest slot has ``max_cached``
-    cached positions (the step writes at that position and attends to it)."""
-    need = max(self.cfg.min_attend_len, _pow2_at_least(max_cached + 1))
-    return min(need, self.max_cache_len)
+    return DecodeState(zeros[:n], zeros[n:], lengths, tokens, active, sp)
 
   def insert(self, prefix: Prefix, state: DecodeState, row: int, slot: int) -> DecodeState:
     """Copies prefix row ``row`` into decode slot ``slot`` and activates it.
@@ -224,45 +217,47 @@ class Engine:
     """Deactivates ``slot`` (donates ``state``); its cache is simply overwritten later."""
     return self._program("release", None)(state, np.int32(slot))
 
-  def decode(self, params: Params, state: DecodeState, key: jax.Array,
-             attend_len: int) -> tuple[DecodeState, jax.Array]:
+  def decode(self, params: Params, state: DecodeState,
+             key: jax.Array) -> tuple[DecodeState, jax.Array]:
     """One decode step for every slot; ``state`` is donated.
 
     Active slots write their token's KV at position ``lengths_B`` (in place),
-    attend over cache positions [0, attend_len), sample the next token and
-    advance. Returns (new state, int32 tokens_B); inactive slots' tokens are
-    meaningless. ``attend_len`` must exceed every active slot's length; use
-    :meth:`attend_len`.
+    attend over positions <= that, sample the next token and advance.
+    Returns (new state, int32 tokens_B); inactive slots' tokens are
+    meaningless. The caller must not step a slot whose length reached
+    ``max_cache_len`` (its write would be dropped).
     """
-    return self._program("decode", params, attend_len)(params, state, key)
+    return self._program("decode", params)(params, state, key)
 
   def _insert_fn(self, prefix: Prefix, state: DecodeState, row, slot):
-    k, v = state.k_LBKSH, state.v_LBKSH
-    lo = 0
+    ks, vs = [], []
     for g in prefix.kv:
-      rows = lambda a: jax.lax.dynamic_slice_in_dim(a, row, 1, axis=1)
-      k = jax.lax.dynamic_update_slice(k, rows(g.k_LBKTH).astype(k.dtype), (lo, slot, 0, 0, 0))
-      v = jax.lax.dynamic_update_slice(v, rows(g.v_LBKTH).astype(v.dtype), (lo, slot, 0, 0, 0))
-      lo += g.num_layers
+      for j in range(g.num_layers):
+        for dst, src in ((ks, g.k_LBKTH), (vs, g.v_LBKTH)):
+          one = jax.lax.dynamic_slice_in_dim(src[j], row, 1, axis=0)   # [1, K, T, H]
+          cache = state.k[len(dst)] if dst is ks else state.v[len(dst)]
+          dst.append(jax.lax.dynamic_update_slice(cache, one.astype(cache.dtype), (slot, 0, 0, 0)))
     put = lambda dst, src: dst.at[slot].set(src[row])
     sp = jax.tree.map(put, state.sampling, prefix.sampling)
-    return DecodeState(k, v, put(state.lengths_B, prefix.lengths_B),
+    return DecodeState(tuple(ks), tuple(vs), put(state.lengths_B, prefix.lengths_B),
                        put(state.tokens_B, prefix.first_token_B),
                        state.active_B.at[slot].set(True), sp)
 
   def _release_fn(self, state: DecodeState, slot):
     return dataclasses.replace(state, active_B=state.active_B.at[slot].set(False))
 
-  def _decode_fn(self, attend_len, params, state: DecodeState, key):
+  def _decode_fn(self, params, state: DecodeState, key):
     pos = state.lengths_B
     x = self.defs.embed_mod(params.embed)(state.tokens_B)
     cos, sin = rope_tables(self.model, pos)
-    k, v = state.k_LBKSH, state.v_LBKSH
-    for i, layer in enumerate(params.layers):
-      x, k, v = self.defs.block_mod(layer).decode(x, cos, sin, pos, i, k, v, attend_len)
+    ks, vs = [], []
+    for layer, k, v in zip(params.layers, state.k, state.v):
+      x, k, v = self.defs.block_mod(layer).decode(x, cos, sin, pos, k, v)
+      ks.append(k)
+      vs.append(v)
     tok = sample(self.defs.logits(params, x), key, state.sampling)
     active = state.active_B
-    new = DecodeState(k, v, jnp.where(active, pos + 1, pos),
+    new = DecodeState(tuple(ks), tuple(vs), jnp.where(active, pos + 1, pos),
                       jnp.where(active, tok, state.tokens_B), active, state.sampling)
     return new, tok
 
@@ -296,8 +291,8 @@ class Engine:
       return jax.jit(self._first_token,
                      in_shardings=(self._params_sh(params), x_sh, rep, sp_sh, rep),
                      out_shardings=rep)
-    state_sh = DecodeState(self.cache_sharding, self.cache_sharding, bsh, bsh, bsh,
-                           SamplingParams(bsh, bsh, bsh))
+    layers = (self.cache_sharding,) * self.model.num_layers
+    state_sh = DecodeState(layers, layers, bsh, bsh, bsh, SamplingParams(bsh, bsh, bsh))
     if name == "insert":
       (groups,) = static
       prefix_sh = Prefix((kv_sh,) * groups, rep, rep, sp_sh)
@@ -307,8 +302,7 @@ class Engine:
       return jax.jit(self._release_fn, in_shardings=(state_sh, rep), out_shardings=state_sh,
                      donate_argnums=0)
     if name == "decode":
-      (attend_len,) = static
-      return jax.jit(functools.partial(self._decode_fn, attend_len),
+      return jax.jit(self._decode_fn,
                      in_shardings=(self._params_sh(params), state_sh, rep),
                      out_shardings=(state_sh, rep), donate_argnums=1)
     raise KeyError(name)

@@ -82,11 +82,13 @@ def decode_attention(q_BKGH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array,
                      valid_B: jax.Array) -> jax.Array:
   """One query per sequence against its cache; positions >= valid_B are masked.
 
-  Returns [B, K, G, H].
+  Returns [B, K, G, H]. Scores are kept as [B, K, S, G] throughout: with the
+  cache block as the left operand of each small GEMM, XLA:CPU streams the
+  cache ~10x faster than in the [G, S] orientation (measured).
   """
   scale = q_BKGH.shape[-1] ** -0.5
-  s = jnp.einsum("bkgh,bksh->bkgs", q_BKGH, k_BKSH, preferred_element_type=jnp.float32) * scale
+  s = jnp.einsum("bkgh,bksh->bksg", q_BKGH, k_BKSH, preferred_element_type=jnp.float32) * scale
   mask = jnp.arange(k_BKSH.shape[2])[None, :] < valid_B[:, None]
-  p = jax.nn.softmax(jnp.where(mask[:, None, None, :], s, _NEG_INF), axis=-1)
-  return jnp.einsum("bkgs,bksh->bkgh", p.astype(v_BKSH.dtype), v_BKSH,
+  p = jax.nn.softmax(jnp.where(mask[:, None, :, None], s, _NEG_INF), axis=2)
+  return jnp.einsum("bksg,bksh->bkgh", p.astype(v_BKSH.dtype), v_BKSH,
                     preferred_element_type=jnp.float32).astype(q_BKGH.dtype)

@@ -8,7 +8,7 @@ maps them onto mesh axes.
 The model exposes the pieces the engine compiles separately:
 ``embed`` -> ``Block.prefill`` / ``Block.decode`` -> ``Head``, plus
 ``__call__`` for a plain full-sequence forward (tests, parity checks).
-Kernels are stored as [in, out] (Hugging Face stores [out, in]).
+Projection weights are stored [out, in], as in Hugging Face checkpoints.
 """
 
 from __future__ import annotations
@@ -25,11 +25,22 @@ def jnp_dtype(dtype: DType):
   return {DType.FLOAT32: jnp.float32, DType.BFLOAT16: jnp.bfloat16}[dtype]
 
 
-def _linear(cfg: ModelConfig, din: int, dout: int, names: tuple, rngs: nnx.Rngs) -> nnx.Linear:
-  init = nnx.with_partitioning(nnx.initializers.normal(0.02), names, eager_sharding=False)
-  dt = jnp_dtype(cfg.dtype)
-  return nnx.Linear(din, dout, use_bias=False, kernel_init=init, dtype=dt,
-                    param_dtype=dt, rngs=rngs)
+class Dense(nnx.Module):
+  """y = x @ weight.T without bias; ``weight`` is [out, in] as in Hugging Face.
+
+  The [out, in] orientation is deliberate: for the skinny activations of
+  decode (a few rows), XLA:CPU runs ``x @ W.T`` up to 1.6x faster than
+  ``x @ W`` with W stored [in, out] (measured on the ``small`` preset).
+  """
+
+  def __init__(self, cfg: ModelConfig, din: int, dout: int, names: tuple, rngs: nnx.Rngs):
+    dt = jnp_dtype(cfg.dtype)
+    init = nnx.initializers.normal(0.02)
+    self.weight = nnx.Param(init(rngs.params(), (dout, din), dt), sharding=names,
+                            eager_sharding=False)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.einsum("...i,oi->...o", x, self.weight[...])
 
 
 class RMSNorm(nnx.Module):
@@ -50,9 +61,9 @@ class MLP(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, f = cfg.hidden_size, cfg.mlp_hidden
-    self.gate_proj = _linear(cfg, d, f, ("embed", "mlp"), rngs)
-    self.up_proj = _linear(cfg, d, f, ("embed", "mlp"), rngs)
-    self.down_proj = _linear(cfg, f, d, ("mlp", "embed"), rngs)
+    self.gate_proj = Dense(cfg, d, f, ("mlp", "embed"), rngs)
+    self.up_proj = Dense(cfg, d, f, ("mlp", "embed"), rngs)
+    self.down_proj = Dense(cfg, f, d, ("embed", "mlp"), rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -65,10 +76,10 @@ class Block(nnx.Module):
     self.cfg = cfg
     d, dt = cfg.hidden_size, jnp_dtype(cfg.dtype)
     self.input_norm = RMSNorm(d, cfg.rms_norm_eps, dt)
-    self.q_proj = _linear(cfg, d, cfg.q_size, ("embed", "heads"), rngs)
-    self.k_proj = _linear(cfg, d, cfg.kv_size, ("embed", "kv_heads"), rngs)
-    self.v_proj = _linear(cfg, d, cfg.kv_size, ("embed", "kv_heads"), rngs)
-    self.o_proj = _linear(cfg, cfg.q_size, d, ("heads", "embed"), rngs)
+    self.q_proj = Dense(cfg, d, cfg.q_size, ("heads", "embed"), rngs)
+    self.k_proj = Dense(cfg, d, cfg.kv_size, ("kv_heads", "embed"), rngs)
+    self.v_proj = Dense(cfg, d, cfg.kv_size, ("kv_heads", "embed"), rngs)
+    self.o_proj = Dense(cfg, cfg.q_size, d, ("embed", "heads"), rngs)
     self.post_norm = RMSNorm(d, cfg.rms_norm_eps, dt)
     self.mlp = MLP(cfg, rngs)
 
@@ -105,23 +116,25 @@ class Block(nnx.Module):
     return self._finish(x_BTD, o), k_BKTH, v_BKTH
 
   def decode(self, x_BD: jax.Array, cos_BH: jax.Array, sin_BH: jax.Array,
-             pos_B: jax.Array, layer: int, k_LBKSH: jax.Array, v_LBKSH: jax.Array,
-             attend_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One new token per sequence, written into the stacked cache in place.
+             pos_B: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One new token per sequence against this layer's cache.
 
-    The token's K/V go to ``[layer, b, :, pos_B[b], :]``; attention covers
-    cache positions [0, attend_len) masked to <= pos_B. Returns
-    (x_BD, k_LBKSH, v_LBKSH); callers donate the cache so the scatter is
-    an in-place update.
+    The token's K/V are written at ``[b, :, pos_B[b], :]`` and attention
+    covers positions <= pos_B. Returns (x_BD, k_BKSH, v_BKSH); callers donate
+    the cache so the scatter is an in-place update.
     """
     b = x_BD.shape[0]
     q, k, v = self._qkv(x_BD, cos_BH, sin_BH)  # q [B,K,G,H], k/v [B,K,H]
-    rows = jnp.arange(b)
-    k_LBKSH = k_LBKSH.at[layer, rows, :, pos_B, :].set(k.astype(k_LBKSH.dtype))
-    v_LBKSH = v_LBKSH.at[layer, rows, :, pos_B, :].set(v.astype(v_LBKSH.dtype))
-    o = attention.decode_attention(q, k_LBKSH[layer, :, :, :attend_len],
-                                   v_LBKSH[layer, :, :, :attend_len], pos_B + 1)
-    return self._finish(x_BD, o.reshape(b, self.cfg.q_size)), k_LBKSH, v_LBKSH
+    for row in range(b):
+      at = (row, 0, pos_B[row], 0)
+      k_BKSH = jax.lax.dynamic_update_slice(k_BKSH, k[row, :, None].astype(k_BKSH.dtype)[None], at)
+      v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, v[row, :, None].astype(v_BKSH.dtype)[None], at)
+    # Materialise the updated cache once, in place: without the barrier XLA
+    # fuses the scatter into each consumer and copies the whole cache.
+    k_BKSH, v_BKSH = jax.lax.optimization_barrier((k_BKSH, v_BKSH))
+    o = attention.decode_attention(q, k_BKSH, v_BKSH, pos_B + 1)
+    return self._finish(x_BD, o.reshape(b, self.cfg.q_size)), k_BKSH, v_BKSH
 
 
 class Head(nnx.Module):
@@ -131,7 +144,7 @@ class Head(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, jnp_dtype(cfg.dtype))
     self.lm_head = (None if cfg.tie_embeddings
-                    else _linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs))
+                    else Dense(cfg, cfg.hidden_size, cfg.vocab_size, ("vocab", "embed"), rngs))
 
   def __call__(self, x: jax.Array, table_VD: jax.Array | None = None) -> jax.Array:
     """x [..., D] -> float32 logits [..., V]."""
