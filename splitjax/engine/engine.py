@@ -20,6 +20,7 @@ State is explicit: params, caches and PRNG keys are passed in and returned.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from splitjax import mesh as mesh_lib
-from splitjax.config import ConfigError, EngineConfig
+from splitjax.config import ConfigError, EngineConfig, SamplingConfig
 from splitjax.engine.types import DecodeState, KVGroup, KVLayout, Prefix
 from splitjax.model.attention import rope_tables
 from splitjax.model.llama import jnp_dtype
@@ -120,12 +121,13 @@ class Engine:
                         f"[0, {self.model.vocab_size})")
     self.bucket_for(n)
 
-  def make_batch(self, prompts: list, sampling: SamplingParams | None = None,
+  def make_batch(self, prompts: list, sampling: list[SamplingConfig] | None = None,
                  batch_size: int | None = None) -> PrefillBatch:
     """Validates and right-pads prompts into a bucketed PrefillBatch.
 
-    The batch dimension is padded to ``batch_size`` or to the next power of
-    two (and a multiple of dp), so few batch shapes are ever compiled.
+    ``sampling`` gives one SamplingConfig per prompt (default greedy). The
+    batch dimension is padded to ``batch_size`` or to the next power of two
+    (and a multiple of dp), so few batch shapes are ever compiled.
     """
     for p in prompts:
       self.validate_prompt(p)
@@ -138,13 +140,7 @@ class Engine:
     for i, p in enumerate(prompts):
       tokens[i, :len(p)] = p
       lengths[i] = len(p)
-    if sampling is None:
-      sampling = SamplingParams.stack([], b)
-    elif sampling.temperature_B.shape[0] != b:
-      sampling = SamplingParams(*(np.pad(np.asarray(a), (0, b - a.shape[0]),
-                                         constant_values=d)
-                                  for a, d in zip(dataclasses.astuple(sampling), (0.0, 0, 1.0))))
-    return PrefillBatch(tokens, lengths, n, sampling)
+    return PrefillBatch(tokens, lengths, n, SamplingParams.stack(list(sampling or []), b))
 
   # ------------------------------------------------------------------ prefill
   def prefill(self, params: Params, batch: PrefillBatch, key: jax.Array, *,
@@ -227,7 +223,13 @@ class Engine:
     meaningless. The caller must not step a slot whose length reached
     ``max_cache_len`` (its write would be dropped).
     """
-    return self._program("decode", params)(params, state, key)
+    return self._program("decode", params, False)(params, state, key)
+
+  def decode_with_logits(self, params: Params, state: DecodeState, key: jax.Array
+                         ) -> tuple[DecodeState, jax.Array, jax.Array]:
+    """:meth:`decode` that also returns the step's float32 logits [slots, V]
+    (a separate program; for tests and scoring, not the serving hot path)."""
+    return self._program("decode", params, True)(params, state, key)
 
   def _insert_fn(self, prefix: Prefix, state: DecodeState, row, slot):
     ks, vs = [], []
@@ -246,7 +248,7 @@ class Engine:
   def _release_fn(self, state: DecodeState, slot):
     return dataclasses.replace(state, active_B=state.active_B.at[slot].set(False))
 
-  def _decode_fn(self, params, state: DecodeState, key):
+  def _decode_fn(self, with_logits: bool, params, state: DecodeState, key):
     pos = state.lengths_B
     x = self.defs.embed_mod(params.embed)(state.tokens_B)
     cos, sin = rope_tables(self.model, pos)
@@ -255,11 +257,12 @@ class Engine:
       x, k, v = self.defs.block_mod(layer).decode(x, cos, sin, pos, k, v)
       ks.append(k)
       vs.append(v)
-    tok = sample(self.defs.logits(params, x), key, state.sampling)
+    logits = self.defs.logits(params, x)
+    tok = sample(logits, key, state.sampling)
     active = state.active_B
     new = DecodeState(tuple(ks), tuple(vs), jnp.where(active, pos + 1, pos),
                       jnp.where(active, tok, state.tokens_B), active, state.sampling)
-    return new, tok
+    return (new, tok, logits) if with_logits else (new, tok)
 
   # ------------------------------------------------------------------ compile
   def _program(self, name: str, params, *static):
@@ -302,7 +305,9 @@ class Engine:
       return jax.jit(self._release_fn, in_shardings=(state_sh, rep), out_shardings=state_sh,
                      donate_argnums=0)
     if name == "decode":
-      return jax.jit(self._decode_fn,
+      (with_logits,) = static
+      outs = (state_sh, rep, rep) if with_logits else (state_sh, rep)
+      return jax.jit(functools.partial(self._decode_fn, with_logits),
                      in_shardings=(self._params_sh(params), state_sh, rep),
-                     out_shardings=(state_sh, rep), donate_argnums=1)
+                     out_shardings=outs, donate_argnums=1)
     raise KeyError(name)

@@ -36,7 +36,7 @@ class Dense(nnx.Module):
   def __init__(self, cfg: ModelConfig, din: int, dout: int, names: tuple, rngs: nnx.Rngs):
     dt = jnp_dtype(cfg.dtype)
     init = nnx.initializers.normal(0.02)
-    self.weight = nnx.Param(init(rngs.params(), (dout, din), dt), sharding=names,
+    self.weight = nnx.Param(init(rngs.params(), (dout, din), dt), out_sharding=names,
                             eager_sharding=False)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -47,7 +47,7 @@ class RMSNorm(nnx.Module):
   """y = x / rms(x) * scale, computed in float32, returned in the input dtype."""
 
   def __init__(self, dim: int, eps: float, dtype):
-    self.scale = nnx.Param(jnp.ones((dim,), dtype), sharding=("embed",), eager_sharding=False)
+    self.scale = nnx.Param(jnp.ones((dim,), dtype), out_sharding=("embed",), eager_sharding=False)
     self.eps = eps
 
   def __call__(self, x: jax.Array) -> jax.Array:

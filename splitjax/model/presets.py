@@ -40,7 +40,11 @@ def get_preset(name: str, **overrides) -> ModelConfig:
   """Returns preset ``name`` with ``overrides`` applied (validated)."""
   if name not in PRESETS:
     raise ConfigError(f"unknown model preset '{name}' (known: {', '.join(sorted(PRESETS))})")
-  return dataclasses.replace(PRESETS[name], **overrides)
+  base = PRESETS[name]
+  derived = base.head_dim == base.hidden_size // base.num_heads
+  if derived and "head_dim" not in overrides and ({"hidden_size", "num_heads"} & set(overrides)):
+    overrides["head_dim"] = 0  # re-derive from the new hidden_size / num_heads
+  return dataclasses.replace(base, **overrides)
 
 
 def preset_config_dict(name: str, **overrides) -> ml_collections.ConfigDict:

@@ -1,0 +1,29 @@
+"""Default ConfigDicts that ``configs/*.py`` files start from.
+
+These build plain ml_collections ConfigDicts (every field present, so any can
+be overridden with ``--config.section.field=value``); turning them into typed
+dataclasses is :func:`splitjax.config.from_config_dict`'s job.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from splitjax.config import EngineConfig, MeshConfig, SamplingConfig, to_plain_dict
+from splitjax.model.presets import preset_config_dict
+
+
+def generate_config(preset: str, prefill_mesh: MeshConfig, decode_mesh: MeshConfig,
+                    engine: EngineConfig, max_new_tokens: int = 16) -> ml_collections.ConfigDict:
+  """Config for ``scripts/generate.py`` (see ``splitjax.config.GenerateConfig``)."""
+  c = ml_collections.ConfigDict()
+  c.model = preset_config_dict(preset)
+  c.prefill_mesh = ml_collections.ConfigDict(to_plain_dict(prefill_mesh))
+  c.decode_mesh = ml_collections.ConfigDict(to_plain_dict(decode_mesh))
+  c.engine = ml_collections.ConfigDict(to_plain_dict(engine))
+  c.sampling = ml_collections.ConfigDict(to_plain_dict(SamplingConfig()))
+  c.mode = "split"          # split | single
+  c.transfer = "auto"       # serialized | layerwise | auto (layer-wise from layerwise_min_tokens)
+  c.max_new_tokens = max_new_tokens
+  c.seed = 0                # seed of random weights when no checkpoint is given
+  return c
