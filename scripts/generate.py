@@ -17,13 +17,11 @@ import sys
 from pathlib import Path
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from splitjax import cli  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", cli.repo_path("configs", "generate_tiny.py"), "Generation config file.")
+_CONFIG = cli.define_config(cli.repo_path("configs", "generate_tiny.py"), "Generation config file.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF Llama dir or splitjax checkpoint dir.")
 _PROMPTS = flags.DEFINE_multi_string("prompt_ids", ["1,2,3,4,5,6,7,8"],
                                      "Comma-separated token ids; repeat for a batch.")
@@ -33,6 +31,8 @@ _TRANSFER = flags.DEFINE_enum("transfer", None, ["serialized", "layerwise", "aut
                               "Overrides config.transfer.")
 _OUTPUT = flags.DEFINE_string("output_json", None, "Write {'tokens': [[...], ...]} here.")
 _DEVICES = flags.DEFINE_integer("num_cpu_devices", 8, "Virtual CPU devices (CPU only).")
+_WARMUP = flags.DEFINE_bool("warmup", True, "Run once first so printed timings exclude "
+                            "compilation.")
 
 
 def load_model(checkpoint: str | None, cfg):
@@ -71,6 +71,8 @@ def main(argv):
     prompts = [cli.parse_ids(p) for p in _PROMPTS.value]
     defs, params, cfg = load_model(_CHECKPOINT.value, cfg)
     gen = Generator(cfg, defs, params)
+    if _WARMUP.value:
+      gen.generate(prompts)
     result = gen.generate(prompts)
   except (ConfigError, PromptError, CheckpointError, ValueError) as e:
     logging.error("%s", e)
@@ -91,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

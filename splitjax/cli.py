@@ -31,3 +31,38 @@ def parse_ids(text: str, what: str = "--prompt_ids") -> list[int]:
 def repo_path(*parts: str) -> str:
   """Path inside the repository (for default config files)."""
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags parser that turns bad ``--config.*`` overrides into one-line errors.
+
+  Use as ``app.run(main, flags_parser=cli.parse_flags)``.
+  """
+  import sys
+
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"error: {e}\nPass --helpfull to see the flags.\n")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
+    sys.stderr.write(f"error: bad --config override: {msg}\n")
+  sys.exit(2)
+
+
+def define_config(default: str, help_text: str):
+  """``config_flags.DEFINE_config_file('config', ...)`` with clean errors.
+
+  ml_collections reads ``--config.*`` overrides from ``sys.argv`` while
+  defining the flag, so an unknown field fails here, before absl parsing.
+  """
+  import sys
+
+  from ml_collections import config_flags
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_text)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"').replace("\\'", "'")
+    sys.stderr.write(f"error: bad --config override: {msg}\n")
+    sys.exit(2)

@@ -114,6 +114,16 @@ class ModelConfig:
     """Bytes of K and V cache per token over all layers (GQA-aware)."""
     return 2 * self.num_layers * self.kv_size * self.bytes_per_param
 
+  def prefill_flops(self, prompt_len: int) -> float:
+    """Matmul FLOPs of a causal prefill of ``prompt_len`` tokens that computes
+    logits for the last position only (what the engine does)."""
+    t = prompt_len
+    d = self.hidden_size
+    proj = d * self.q_size + 2 * d * self.kv_size + self.q_size * d
+    mlp = 3 * d * self.mlp_hidden
+    attn = 2 * self.q_size * t * (t + 1) / 2   # position i attends to i + 1 keys
+    return 2.0 * (self.num_layers * (t * (proj + mlp) + attn) + d * self.vocab_size)
+
   def flops_per_token(self, context: int) -> float:
     """Forward FLOPs for one token attending to ``context`` earlier tokens.
 

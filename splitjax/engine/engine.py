@@ -67,10 +67,9 @@ class Engine:
     mesh_lib.check_model_fits(defs.cfg, mesh)
     self.defs, self.cfg, self.mesh = defs, cfg, mesh
     self.model = defs.cfg
-    self.max_cache_len = cfg.max_cache_len or self.model.max_seq_len
-    if self.max_cache_len > self.model.max_seq_len:
-      raise ConfigError(f"engine.max_cache_len {self.max_cache_len} exceeds the model's "
-                        f"max_seq_len {self.model.max_seq_len}")
+    # Positions per decode slot: the configured length, never past the model's.
+    self.max_cache_len = min(cfg.max_cache_len or self.model.max_seq_len,
+                             self.model.max_seq_len)
     self.dp = mesh.shape["dp"]
     if cfg.decode_slots % self.dp:
       raise ConfigError(f"engine.decode_slots ({cfg.decode_slots}) must be a multiple of dp={self.dp}")

@@ -130,9 +130,6 @@ class Block(nnx.Module):
       at = (row, 0, pos_B[row], 0)
       k_BKSH = jax.lax.dynamic_update_slice(k_BKSH, k[row, :, None].astype(k_BKSH.dtype)[None], at)
       v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, v[row, :, None].astype(v_BKSH.dtype)[None], at)
-    # Materialise the updated cache once, in place: without the barrier XLA
-    # fuses the scatter into each consumer and copies the whole cache.
-    k_BKSH, v_BKSH = jax.lax.optimization_barrier((k_BKSH, v_BKSH))
     o = attention.decode_attention(q, k_BKSH, v_BKSH, pos_B + 1)
     return self._finish(x_BD, o.reshape(b, self.cfg.q_size)), k_BKSH, v_BKSH
 
