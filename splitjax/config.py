@@ -162,13 +162,14 @@ class EngineConfig:
   """Static shapes of the compiled prefill / insert / decode programs."""
   # Prompt lengths are right-padded up to the smallest bucket that fits.
   prefill_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
-  # Query chunk of the causal prefill attention (skips fully masked blocks).
-  attention_chunk: int = 512
+  # Query/key tile of the causal prefill attention (online softmax over tiles;
+  # fully masked tiles are skipped). 256 was fastest on CPU for T=2048.
+  attention_chunk: int = 256
   # Number of decode slots (the decode batch) on a decode engine.
   decode_slots: int = 8
   # Positions per slot in the decode cache; 0 -> model.max_seq_len.
   max_cache_len: int = 0
-  # Layers per prefill program in layer-wise mode; 0 -> chosen from num_layers.
+  # Layers per prefill program in layer-wise mode; 0 -> ceil(num_layers / 4).
   layer_group_size: int = 0
   # AUTO transfer switches to layer-wise at this prompt length (tokens).
   layerwise_min_tokens: int = 512

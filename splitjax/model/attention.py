@@ -58,23 +58,39 @@ def causal_prefill_attention(q_BKGTH: jax.Array, k_BKTH: jax.Array, v_BKTH: jax.
                              chunk: int) -> jax.Array:
   """Causal self-attention over right-padded prompts, returns [B, K, G, T, H].
 
-  Queries are processed in chunks of ``chunk`` positions; each chunk attends
-  only to keys up to its own end, so fully masked key blocks are never
-  computed. Right padding needs no extra mask: a valid position never sees a
-  later (padded) key.
+  Tiled with an online softmax (flash-attention style): queries and keys are
+  split into blocks of ``chunk`` positions; each query block visits only the
+  key blocks at or before it (the diagonal block alone is masked), keeping a
+  running max and sum, so the full [T, T] score matrix never exists and each
+  score tile stays small enough to live in cache. Right padding needs no
+  extra mask: a valid position never sees a later (padded) key.
   """
   t = q_BKGTH.shape[3]
-  scale = q_BKGTH.shape[-1] ** -0.5
+  q_BKGTH = q_BKGTH * jnp.asarray(q_BKGTH.shape[-1] ** -0.5, q_BKGTH.dtype)
   outs = []
-  for start in range(0, t, chunk):
-    end = min(start + chunk, t)
-    q = q_BKGTH[:, :, :, start:end]
-    k, v = k_BKTH[:, :, :end], v_BKTH[:, :, :end]
-    s = jnp.einsum("bkgqh,bksh->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
-    causal = (start + jnp.arange(end - start))[:, None] >= jnp.arange(end)[None, :]
-    p = jax.nn.softmax(jnp.where(causal, s, _NEG_INF), axis=-1)
-    outs.append(jnp.einsum("bkgqs,bksh->bkgqh", p.astype(v.dtype), v,
-                           preferred_element_type=jnp.float32).astype(q.dtype))
+  for qs in range(0, t, chunk):
+    qe = min(qs + chunk, t)
+    q = q_BKGTH[:, :, :, qs:qe]
+    m = l = acc = None
+    for ks in range(0, qe, chunk):
+      ke = min(ks + chunk, qe)
+      s = jnp.einsum("bkgqh,bksh->bkgqs", q, k_BKTH[:, :, ks:ke],
+                     preferred_element_type=jnp.float32)
+      if ke > qs:  # the diagonal block: mask keys after each query
+        causal = (qs + jnp.arange(qe - qs))[:, None] >= (ks + jnp.arange(ke - ks))[None, :]
+        s = jnp.where(causal, s, _NEG_INF)
+      m_new = jnp.max(s, axis=-1) if m is None else jnp.maximum(m, jnp.max(s, axis=-1))
+      e = jnp.exp(s - m_new[..., None])
+      pv = jnp.einsum("bkgqs,bksh->bkgqh", e.astype(v_BKTH.dtype), v_BKTH[:, :, ks:ke],
+                      preferred_element_type=jnp.float32)
+      if m is None:
+        l, acc = jnp.sum(e, axis=-1), pv
+      else:
+        alpha = jnp.exp(m - m_new)
+        l = l * alpha + jnp.sum(e, axis=-1)
+        acc = acc * alpha[..., None] + pv
+      m = m_new
+    outs.append((acc / l[..., None]).astype(q_BKGTH.dtype))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
 
 
