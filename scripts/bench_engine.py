@@ -186,8 +186,7 @@ def bench_vs_hf(batches: list[int], prompt: int = 512, new: int = 128) -> list[d
       t_hf = time.perf_counter() - t
     cfg = GenerateConfig(model=model.cfg, prefill_mesh=MeshConfig(first_device=0),
                          decode_mesh=MeshConfig(first_device=4),
-                         engine=EngineConfig(decode_slots=b, max_cache_len=prompt + new,
-                                             layer_group_size=1),
+                         engine=EngineConfig(decode_slots=b, max_cache_len=prompt + new),
                          mode=GenerateMode.SPLIT, transfer=TransferMode.AUTO, max_new_tokens=new)
     gen = Generator(cfg, defs, params)
     gen.generate(prompts.tolist())  # compile
