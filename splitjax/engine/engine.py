@@ -111,7 +111,7 @@ class Engine:
     n = len(prompt)
     if n == 0:
       raise PromptError("empty prompt: at least one token id is required")
-    limit = min(self.model.max_seq_len, self.max_cache_len)
+    limit = self.max_cache_len
     if n + max_new_tokens > limit:
       raise PromptError(f"prompt of {n} tokens + {max_new_tokens} new tokens exceeds the "
                         f"context limit of {limit} tokens")
@@ -132,6 +132,8 @@ class Engine:
     batch dimension is padded to ``batch_size`` or to the next power of two
     (and a multiple of dp), so few batch shapes are ever compiled.
     """
+    if not prompts:
+      raise PromptError("no prompts given")
     for p in prompts:
       self.validate_prompt(p)
     n = len(prompts)
