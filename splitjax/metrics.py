@@ -1,0 +1,172 @@
+"""Per-request latency records and run summaries (pure Python, no jax).
+
+Definitions (seconds, measured from the request's arrival):
+  queue_s  first scheduled for prefill - arrival
+  ttft_s   first output token - arrival
+  e2e_s    last output token - arrival
+  tbt_s    per-request mean time between tokens, (e2e - ttft) / (tokens - 1):
+           what the Splitwise TBT SLO judges; undefined for 1-token outputs
+  itl_s    every individual gap between consecutive tokens (what a streaming
+           user feels; shows preemption stalls)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import enum
+import math
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+class RequestStatus(enum.Enum):
+  PENDING = "pending"
+  COMPLETED = "completed"
+  FAILED = "failed"        # accepted, then could not finish; ``reason`` says why
+  REJECTED = "rejected"    # refused at admission; ``reason`` says why
+
+
+@dataclasses.dataclass
+class RequestRecord:
+  """What happened to one request. Times are absolute seconds on one clock."""
+  request_id: int
+  arrival_s: float
+  prompt_tokens: int
+  output_tokens: int                      # requested
+  status: RequestStatus = RequestStatus.PENDING
+  reason: str = ""
+  scheduled_s: float | None = None        # prefill started
+  token_times_s: list[float] = dataclasses.field(default_factory=list)
+  prompt_instance: str = ""
+  token_instance: str = ""
+  transfer_bytes: int = 0
+  transfer_s: float = 0.0
+  preemptions: int = 0
+
+  def finish(self, status: RequestStatus, reason: str = "") -> None:
+    if status in (RequestStatus.FAILED, RequestStatus.REJECTED) and not reason:
+      raise ValueError("a failed or rejected request needs a reason")
+    self.status, self.reason = status, reason
+
+  @property
+  def queue_s(self) -> float | None:
+    return None if self.scheduled_s is None else self.scheduled_s - self.arrival_s
+
+  @property
+  def ttft_s(self) -> float | None:
+    return self.token_times_s[0] - self.arrival_s if self.token_times_s else None
+
+  @property
+  def e2e_s(self) -> float | None:
+    return self.token_times_s[-1] - self.arrival_s if self.token_times_s else None
+
+  @property
+  def tbt_s(self) -> float | None:
+    n = len(self.token_times_s)
+    return (self.token_times_s[-1] - self.token_times_s[0]) / (n - 1) if n > 1 else None
+
+  @property
+  def itl_s(self) -> list[float]:
+    t = self.token_times_s
+    return [b - a for a, b in zip(t, t[1:])]
+
+
+@dataclasses.dataclass(frozen=True)
+class Percentiles:
+  """p50 / p90 / p99 / mean of a sample (NaN when empty) and its size."""
+  p50: float
+  p90: float
+  p99: float
+  mean: float
+  count: int
+
+  @staticmethod
+  def of(values: Iterable[float]) -> "Percentiles":
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+      return Percentiles(math.nan, math.nan, math.nan, math.nan, 0)
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return Percentiles(float(p50), float(p90), float(p99), float(v.mean()), int(v.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """Run-level numbers; ``to_dict`` is the schema of summary.json."""
+  submitted: int
+  completed: int
+  failed: int
+  rejected: int
+  wall_s: float
+  ttft_s: Percentiles
+  tbt_s: Percentiles
+  itl_s: Percentiles
+  e2e_s: Percentiles
+  queue_s: Percentiles
+  output_tokens: int
+  transfer_bytes: int
+  transfer_s: float
+
+  def to_dict(self) -> dict:
+    pct = lambda p: {k: getattr(p, k) for k in ("p50", "p90", "p99", "mean")}
+    return {
+        "requests": {"submitted": self.submitted, "completed": self.completed,
+                     "failed": self.failed + self.rejected, "rejected": self.rejected},
+        "wall_s": self.wall_s,
+        "ttft_s": pct(self.ttft_s), "tbt_s": pct(self.tbt_s), "itl_s": pct(self.itl_s),
+        "e2e_s": pct(self.e2e_s), "queue_s": pct(self.queue_s),
+        "throughput": {
+            "requests_per_s": self.completed / self.wall_s if self.wall_s > 0 else math.nan,
+            "output_tokens_per_s": self.output_tokens / self.wall_s if self.wall_s > 0 else math.nan,
+        },
+        "transfer": {"bytes": self.transfer_bytes, "seconds": self.transfer_s},
+    }
+
+
+def summarize(records: Sequence[RequestRecord], wall_s: float) -> Summary:
+  """Summary over ``records``; latency statistics use completed requests only.
+
+  Raises ValueError if a request is still PENDING: every accepted request
+  must end completed or failed with a reason.
+  """
+  pending = [r.request_id for r in records if r.status == RequestStatus.PENDING]
+  if pending:
+    raise ValueError(f"{len(pending)} requests never finished (e.g. ids {pending[:5]})")
+  done = [r for r in records if r.status == RequestStatus.COMPLETED]
+  count = lambda s: sum(r.status == s for r in records)
+  return Summary(
+      submitted=len(records), completed=len(done), failed=count(RequestStatus.FAILED),
+      rejected=count(RequestStatus.REJECTED), wall_s=wall_s,
+      ttft_s=Percentiles.of(r.ttft_s for r in done),
+      tbt_s=Percentiles.of(r.tbt_s for r in done),
+      itl_s=Percentiles.of(g for r in done for g in r.itl_s),
+      e2e_s=Percentiles.of(r.e2e_s for r in done),
+      queue_s=Percentiles.of(r.queue_s for r in done),
+      output_tokens=sum(len(r.token_times_s) for r in done),
+      transfer_bytes=sum(r.transfer_bytes for r in records),
+      transfer_s=sum(r.transfer_s for r in records))
+
+
+CSV_FIELDS = ("request_id", "status", "reason", "arrival_s", "prompt_tokens", "output_tokens",
+              "generated_tokens", "queue_s", "ttft_s", "tbt_s", "e2e_s", "max_itl_s",
+              "prompt_instance", "token_instance", "transfer_bytes", "transfer_s", "preemptions")
+
+
+def write_requests_csv(records: Sequence[RequestRecord], path: str | os.PathLike) -> None:
+  """One row per request (``CSV_FIELDS``); empty cells where undefined."""
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(CSV_FIELDS)
+    for r in records:
+      itl = r.itl_s
+      w.writerow([r.request_id, r.status.value, r.reason, r.arrival_s, r.prompt_tokens,
+                  r.output_tokens, len(r.token_times_s), _cell(r.queue_s), _cell(r.ttft_s),
+                  _cell(r.tbt_s), _cell(r.e2e_s), _cell(max(itl) if itl else None),
+                  r.prompt_instance, r.token_instance, r.transfer_bytes, r.transfer_s,
+                  r.preemptions])
+
+
+def _cell(x: float | None) -> str:
+  return "" if x is None else repr(x)
