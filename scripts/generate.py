@@ -78,9 +78,19 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return 2
-  logging.info("model %s (%d layers), mode=%s transfer=%s, %d prompts",
-               cfg.model.name, cfg.model.num_layers, cfg.mode.value, cfg.transfer.value,
-               len(prompts))
+  devices = lambda e: [d.id for d in e.mesh.devices.flat]
+  pe, de = gen.prefill_engine, gen.decode_engine
+  print(f"model {cfg.model.name}: {cfg.model.num_layers} layers, {cfg.model.param_count() / 1e6:.1f}M "
+        f"params, {cfg.model.dtype.value}")
+  print(f"prefill mesh: devices {devices(pe)} {dict(pe.mesh.shape)}")
+  if cfg.mode.value == "split":
+    how = {"serialized": "serialized after prefill",
+           "layerwise": f"layer-wise, {pe.group_size} layer(s) per prefill program",
+           "auto": f"layer-wise ({pe.group_size} layer(s) per program) from "
+                   f"{cfg.engine.layerwise_min_tokens} tokens, serialized below"}[cfg.transfer.value]
+    print(f"decode mesh:  devices {devices(de)} {dict(de.mesh.shape)}; KV transfer: {how}")
+  else:
+    print("decode on the same mesh (single mode, no transfer)")
   for p, toks in zip(prompts, result.tokens):
     print(f"prompt[{len(p)}] -> {toks}")
   print(f"prefill+transfer {result.prefill_s * 1e3:.1f} ms, decode {result.decode_s * 1e3:.1f} ms "
