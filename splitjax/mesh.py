@@ -89,8 +89,8 @@ def kv_spec() -> P:
 
 
 def cache_spec() -> P:
-  """One layer of the decode cache ``[slots, K, S, H]``: slots over ``dp``,
-  KV heads over ``tp``."""
+  """One layer of the decode cache (``[slots, K, H, S]`` keys, ``[slots, K, S, H]``
+  values): slots over ``dp``, KV heads over ``tp``."""
   return P("dp", "tp", None, None)
 
 

@@ -191,9 +191,11 @@ class Engine:
   def init_decode_state(self) -> DecodeState:
     """Empty decode state: zero cache, no active slot, greedy sampling."""
     m, s = self.model, self.cfg.decode_slots
-    shape = (s, m.num_kv_heads, self.max_cache_len, m.head_dim)
+    k_shape = (s, m.num_kv_heads, m.head_dim, self.max_cache_len)   # keys transposed
+    v_shape = (s, m.num_kv_heads, self.max_cache_len, m.head_dim)
     dt, n = jnp_dtype(m.dtype), m.num_layers
-    zeros = jax.jit(lambda: tuple(jnp.zeros(shape, dt) for _ in range(2 * n)),
+    zeros = jax.jit(lambda: tuple(jnp.zeros(k_shape if i < n else v_shape, dt)
+                                  for i in range(2 * n)),
                     out_shardings=(self.cache_sharding,) * (2 * n))()
     bsh = mesh_lib.batch_sharding(self.mesh)
     host = (np.zeros(s, np.int32), np.zeros(s, np.int32), np.zeros(s, bool),
@@ -240,10 +242,14 @@ class Engine:
     ks, vs = [], []
     for g in prefix.kv:
       for j in range(g.num_layers):
-        for dst, src in ((ks, g.k_LBKTH), (vs, g.v_LBKTH)):
-          one = jax.lax.dynamic_slice_in_dim(src[j], row, 1, axis=0)   # [1, K, T, H]
-          cache = state.k[len(dst)] if dst is ks else state.v[len(dst)]
-          dst.append(jax.lax.dynamic_update_slice(cache, one.astype(cache.dtype), (slot, 0, 0, 0)))
+        layer = len(ks)
+        k_row = jax.lax.dynamic_slice_in_dim(g.k_LBKTH[j], row, 1, axis=0)   # [1, K, T, H]
+        v_row = jax.lax.dynamic_slice_in_dim(g.v_LBKTH[j], row, 1, axis=0)
+        k_cache, v_cache = state.k[layer], state.v[layer]
+        ks.append(jax.lax.dynamic_update_slice(
+            k_cache, k_row.transpose(0, 1, 3, 2).astype(k_cache.dtype), (slot, 0, 0, 0)))
+        vs.append(jax.lax.dynamic_update_slice(
+            v_cache, v_row.astype(v_cache.dtype), (slot, 0, 0, 0)))
     put = lambda dst, src: dst.at[slot].set(src[row])
     sp = jax.tree.map(put, state.sampling, prefix.sampling)
     return DecodeState(tuple(ks), tuple(vs), put(state.lengths_B, prefix.lengths_B),

@@ -93,10 +93,12 @@ class Prefix:
 class DecodeState:
   """Everything a decode engine carries between steps (donated each step).
 
-  k, v: one [B, K, S, H] buffer per layer (B = slots, S = max cache length).
-    Separate per-layer buffers, not one stacked [L, ...] array: XLA cannot
-    alias a slice, so reading layer l of a stacked cache copies it every step
-    and the per-layer scatter stops being in place (measured 17x slower).
+  k: one [B, K, H, S] buffer per layer (keys transposed: B = slots, S = max
+    cache length); v: one [B, K, S, H] buffer per layer. Separate per-layer
+    buffers, not one stacked [L, ...] array: XLA cannot alias a slice, so
+    reading layer l of a stacked cache copies it every step and the in-place
+    update is lost (measured 17x slower). Prefixes arrive in the canonical
+    [L, B, K, T, H] layout; ``insert`` transposes the keys of one row.
   lengths_B: int32 number of cached positions per slot (next write position).
   tokens_B: int32 last sampled token per slot (input of the next step).
   active_B: bool; inactive slots are computed but never advance.
@@ -115,4 +117,4 @@ class DecodeState:
 
   @property
   def max_len(self) -> int:
-    return self.k[0].shape[2]
+    return self.v[0].shape[2]

@@ -94,17 +94,21 @@ def causal_prefill_attention(q_BKGTH: jax.Array, k_BKTH: jax.Array, v_BKTH: jax.
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
 
 
-def decode_attention(q_BKGH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array,
+def decode_attention(q_BKGH: jax.Array, kT_BKHS: jax.Array, v_BKSH: jax.Array,
                      valid_B: jax.Array) -> jax.Array:
   """One query per sequence against its cache; positions >= valid_B are masked.
 
-  Returns [B, K, G, H]. Scores are kept as [B, K, S, G] throughout: with the
-  cache block as the left operand of each small GEMM, XLA:CPU streams the
-  cache ~10x faster than in the [G, S] orientation (measured).
+  Keys are cached transposed, [B, K, H, S], so the score product is a plain
+  [G, H] x [H, S] GEMM per (sequence, KV head); values stay [B, K, S, H].
+  On XLA:CPU this streams the cache 1.4-1.6x faster than keys in [S, H]
+  (batch 8 / 32, 1024 positions; measured). The row sums divide the output,
+  not the [S] probabilities. Returns [B, K, G, H].
   """
-  scale = q_BKGH.shape[-1] ** -0.5
-  s = jnp.einsum("bkgh,bksh->bksg", q_BKGH, k_BKSH, preferred_element_type=jnp.float32) * scale
-  mask = jnp.arange(k_BKSH.shape[2])[None, :] < valid_B[:, None]
-  p = jax.nn.softmax(jnp.where(mask[:, None, :, None], s, _NEG_INF), axis=2)
-  return jnp.einsum("bksg,bksh->bkgh", p.astype(v_BKSH.dtype), v_BKSH,
-                    preferred_element_type=jnp.float32).astype(q_BKGH.dtype)
+  q = q_BKGH * jnp.asarray(q_BKGH.shape[-1] ** -0.5, q_BKGH.dtype)
+  s = jnp.einsum("bkgh,bkhs->bkgs", q, kT_BKHS, preferred_element_type=jnp.float32)
+  mask = jnp.arange(kT_BKHS.shape[3])[None, :] < valid_B[:, None]
+  s = jnp.where(mask[:, None, None, :], s, _NEG_INF)
+  e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+  o = jnp.einsum("bkgs,bksh->bkgh", e.astype(v_BKSH.dtype), v_BKSH,
+                 preferred_element_type=jnp.float32)
+  return (o / jnp.sum(e, axis=-1)[..., None]).astype(q_BKGH.dtype)

@@ -116,22 +116,25 @@ class Block(nnx.Module):
     return self._finish(x_BTD, o), k_BKTH, v_BKTH
 
   def decode(self, x_BD: jax.Array, cos_BH: jax.Array, sin_BH: jax.Array,
-             pos_B: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array
+             pos_B: jax.Array, kT_BKHS: jax.Array, v_BKSH: jax.Array
              ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One new token per sequence against this layer's cache.
 
-    The token's K/V are written at ``[b, :, pos_B[b], :]`` and attention
-    covers positions <= pos_B. Returns (x_BD, k_BKSH, v_BKSH); callers donate
-    the cache so the scatter is an in-place update.
+    Keys are cached transposed ([B, K, H, S], see attention.decode_attention),
+    values as [B, K, S, H]. The token's K/V are written at position
+    ``pos_B[b]`` of row ``b``, then attention covers positions <= pos_B.
+    Returns (x_BD, kT_BKHS, v_BKSH); callers donate the caches so the writes
+    are in place.
     """
     b = x_BD.shape[0]
     q, k, v = self._qkv(x_BD, cos_BH, sin_BH)  # q [B,K,G,H], k/v [B,K,H]
     for row in range(b):
-      at = (row, 0, pos_B[row], 0)
-      k_BKSH = jax.lax.dynamic_update_slice(k_BKSH, k[row, :, None].astype(k_BKSH.dtype)[None], at)
-      v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, v[row, :, None].astype(v_BKSH.dtype)[None], at)
-    o = attention.decode_attention(q, k_BKSH, v_BKSH, pos_B + 1)
-    return self._finish(x_BD, o.reshape(b, self.cfg.q_size)), k_BKSH, v_BKSH
+      kT_BKHS = jax.lax.dynamic_update_slice(
+          kT_BKHS, k[row, :, :, None].astype(kT_BKHS.dtype)[None], (row, 0, 0, pos_B[row]))
+      v_BKSH = jax.lax.dynamic_update_slice(
+          v_BKSH, v[row, :, None].astype(v_BKSH.dtype)[None], (row, 0, pos_B[row], 0))
+    o = attention.decode_attention(q, kT_BKHS, v_BKSH, pos_B + 1)
+    return self._finish(x_BD, o.reshape(b, self.cfg.q_size)), kT_BKHS, v_BKSH
 
 
 class Head(nnx.Module):

@@ -32,12 +32,18 @@ def test_decode_attention_ignores_positions_past_valid():
   k = jax.random.normal(ks[1], (2, 2, 10, 8))
   v = jax.random.normal(ks[2], (2, 2, 10, 8))
   valid = jnp.array([4, 10])
-  out = attention.decode_attention(q, k, v, valid)
+  out = attention.decode_attention(q, k.transpose(0, 1, 3, 2), v, valid)
+  for b in range(2):  # reference: softmax over the valid prefix only
+    n = int(valid[b])
+    p = jax.nn.softmax(jnp.einsum("kgh,ksh->kgs", q[b], k[b, :, :n]) * 8 ** -0.5, -1)
+    np.testing.assert_allclose(np.asarray(out[b]),
+                               np.asarray(jnp.einsum("kgs,ksh->kgh", p, v[b, :, :n])), atol=1e-5)
   garbage = jax.random.normal(ks[3], (2, 2, 10, 8)) * 100
   k2 = k.at[0, :, 4:].set(garbage[0, :, 4:])
   v2 = v.at[0, :, 4:].set(garbage[0, :, 4:])
-  np.testing.assert_allclose(np.asarray(attention.decode_attention(q, k2, v2, valid)),
-                             np.asarray(out), atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(attention.decode_attention(q, k2.transpose(0, 1, 3, 2), v2, valid)),
+      np.asarray(out), atol=1e-6)
 
 
 def test_llama3_rope_scaling_matches_transformers():
