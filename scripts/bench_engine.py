@@ -33,7 +33,9 @@ from splitjax import cli  # noqa: E402
 
 _OUT = flags.DEFINE_string("output_json", "bench_results/bench_engine.json", "JSON output.")
 _MODELS = flags.DEFINE_list("models", ["tiny", "small"], "Presets for prefill/decode.")
-_SKIP_HF = flags.DEFINE_bool("skip_hf", False, "Skip the transformers comparison.")
+_SECTIONS = flags.DEFINE_multi_enum("sections", ["prefill", "decode", "transfer", "vs_hf"],
+                                    ["prefill", "decode", "transfer", "vs_hf"],
+                                    "Sections to run (repeatable).")
 _HF_BATCHES = flags.DEFINE_list("hf_batches", ["1", "8", "32"], "Batches for vs_hf.")
 _REQUIRE_QUIET = flags.DEFINE_bool("require_quiet", False, "Abort if the machine is busy.")
 
@@ -218,15 +220,19 @@ def main(argv):
   results = dict(machine=dataclasses.asdict(quiet) | {"quiet": quiet.quiet},
                  peaks=dict(matmul_gflop_per_s=peak / 1e9, stream_read_gb_per_s=bw / 1e9))
   table("peaks (device 0, measured now)", [results["peaks"]])
-  results["prefill"] = [r for m in _MODELS.value for r in bench_prefill(m, peak)]
-  table("prefill (batch 1)", results["prefill"])
-  results["decode"] = [r for m in _MODELS.value for r in bench_decode(m, bw)]
-  table("decode step (1024 cached positions per sequence)", results["decode"])
-  rows, extra = bench_transfer()
-  results["transfer"], results["dispatch_us"] = rows, extra["dispatch_us"]
-  table(f"KV transfer, prefill mesh -> decode mesh (dispatch of a trivial program: "
-        f"{extra['dispatch_us']:.1f} us)", rows)
-  if not _SKIP_HF.value:
+  sections = set(_SECTIONS.value)
+  if "prefill" in sections:
+    results["prefill"] = [r for m in _MODELS.value for r in bench_prefill(m, peak)]
+    table("prefill (batch 1)", results["prefill"])
+  if "decode" in sections:
+    results["decode"] = [r for m in _MODELS.value for r in bench_decode(m, bw)]
+    table("decode step (1024 cached positions per sequence)", results["decode"])
+  if "transfer" in sections:
+    rows, extra = bench_transfer()
+    results["transfer"], results["dispatch_us"] = rows, extra["dispatch_us"]
+    table(f"KV transfer, prefill mesh -> decode mesh (dispatch of a trivial program: "
+          f"{extra['dispatch_us']:.1f} us)", rows)
+  if "vs_hf" in sections:
     results["vs_hf"] = bench_vs_hf([int(b) for b in _HF_BATCHES.value])
     table("small: transformers greedy generate vs our split pipeline "
           "(prompt 512, 128 new tokens)", results["vs_hf"])

@@ -46,8 +46,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     sys.stderr.write(f"error: {e}\nPass --helpfull to see the flags.\n")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    msg = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
-    sys.stderr.write(f"error: bad --config override: {msg}\n")
+    sys.stderr.write(f"error: bad --config override: {_one_line(e)}\n")
   sys.exit(2)
 
 
@@ -63,6 +62,10 @@ def define_config(default: str, help_text: str):
   try:
     return config_flags.DEFINE_config_file("config", default, help_text)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    msg = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"').replace("\\'", "'")
-    sys.stderr.write(f"error: bad --config override: {msg}\n")
+    sys.stderr.write(f"error: bad --config override: {_one_line(e)}\n")
     sys.exit(2)
+
+
+def _one_line(e: Exception) -> str:
+  """ml_collections wraps its messages in repr quotes with escaped newlines."""
+  return str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"').replace("\\'", "'")

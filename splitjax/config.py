@@ -213,10 +213,17 @@ class GenerateConfig:
   transfer: TransferMode = TransferMode.AUTO
   max_new_tokens: int = 16
   seed: int = 0  # PRNG seed of random weights when no checkpoint is given
+  # Padded prompt tokens per prefill program; a wave is prefilled in several
+  # programs when it has more (a longer prompt runs alone). Prompt throughput
+  # saturates near 2048 batched tokens (measured here: 4 x 512 -> 1558 tok/s,
+  # 32 x 512 in one program -> 1317 tok/s on `small`).
+  prefill_token_budget: int = 2048
 
   def __post_init__(self):
     if self.max_new_tokens <= 0:
       raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+    if self.prefill_token_budget <= 0:
+      raise ConfigError(f"prefill_token_budget must be positive, got {self.prefill_token_budget}")
 
 
 # --------------------------------------------------------------------------

@@ -25,5 +25,6 @@ def generate_config(preset: str, prefill_mesh: MeshConfig, decode_mesh: MeshConf
   c.mode = "split"          # split | single
   c.transfer = "auto"       # serialized | layerwise | auto (layer-wise from layerwise_min_tokens)
   c.max_new_tokens = max_new_tokens
+  c.prefill_token_budget = 2048  # padded prompt tokens per prefill program
   c.seed = 0                # seed of random weights when no checkpoint is given
   return c

@@ -124,6 +124,14 @@ class Engine:
                         f"[0, {self.model.vocab_size})")
     self.bucket_for(n)
 
+  def padded_shape(self, lengths: list[int], batch_size: int | None = None) -> tuple[int, int]:
+    """(batch, tokens) that prompts of ``lengths`` are padded to: the batch to
+    ``batch_size`` or the next power of two, a multiple of dp; the length to
+    its bucket."""
+    n = len(lengths)
+    b = -(-max(batch_size or _pow2_at_least(n), n) // self.dp) * self.dp
+    return b, self.bucket_for(max(lengths))
+
   def make_batch(self, prompts: list, sampling: list[SamplingConfig] | None = None,
                  batch_size: int | None = None) -> PrefillBatch:
     """Validates and right-pads prompts into a bucketed PrefillBatch.
@@ -137,9 +145,7 @@ class Engine:
     for p in prompts:
       self.validate_prompt(p)
     n = len(prompts)
-    t = self.bucket_for(max(len(p) for p in prompts))
-    b = batch_size or _pow2_at_least(n)
-    b = -(-max(b, n) // self.dp) * self.dp
+    b, t = self.padded_shape([len(p) for p in prompts], batch_size)
     tokens = np.zeros((b, t), np.int32)
     lengths = np.ones((b,), np.int32)
     for i, p in enumerate(prompts):

@@ -78,24 +78,46 @@ class Generator:
       kv_bytes += nbytes
     return GenerateResult(out, prefill_s, decode_s, kv_bytes)
 
+  def _prefill_groups(self, prompts: list[list[int]]) -> list[list[int]]:
+    """Consecutive row indices whose padded batch fits ``prefill_token_budget``."""
+    groups: list[list[int]] = []
+    for i in range(len(prompts)):
+      if groups:
+        rows = groups[-1] + [i]
+        b, t = self.prefill_engine.padded_shape([len(prompts[r]) for r in rows])
+        if b * t <= self.cfg.prefill_token_budget:
+          groups[-1] = rows
+          continue
+      groups.append([i])
+    return groups
+
   def _wave(self, prompts, n_new: int, sampling: SamplingConfig, key):
     pe, de = self.prefill_engine, self.decode_engine
-    batch = pe.make_batch(prompts, [sampling] * len(prompts))
     t0 = time.perf_counter()
-    if de is pe:
-      prefix = pe.prefill(self.prefill_params, batch, jax.random.fold_in(key, 0))
-    else:
-      prefix = transfer.prefill_and_transfer(pe, de, self.prefill_params, batch,
-                                             jax.random.fold_in(key, 0), self.cfg.transfer)
     state = de.init_decode_state()
-    for row in range(len(prompts)):
-      state = de.insert(prefix, state, row, row)
+    first = np.zeros(len(prompts), np.int64)
+    firsts, kv_bytes = [], 0
+    for j, rows in enumerate(self._prefill_groups(prompts)):
+      batch = pe.make_batch([prompts[r] for r in rows], [sampling] * len(rows))
+      k = jax.random.fold_in(jax.random.fold_in(key, 0), j)
+      if de is pe:
+        prefix = pe.prefill(self.prefill_params, batch, k)
+      else:
+        prefix = transfer.prefill_and_transfer(pe, de, self.prefill_params, batch, k,
+                                               self.cfg.transfer)
+      for i, r in enumerate(rows):
+        state = de.insert(prefix, state, i, r)   # slot r = row r of the wave
+      firsts.append((rows, prefix.first_token_B))
+      kv_bytes += prefix.kv_nbytes
     jax.block_until_ready(state)
     t1 = time.perf_counter()
-    steps = [prefix.first_token_B[:len(prompts)]]
+    steps = []
     for i in range(n_new - 1):
       state, toks = de.decode(self.decode_params, state, jax.random.fold_in(key, i + 1))
       steps.append(toks)
-    host = np.stack([np.asarray(s)[:len(prompts)] for s in steps], axis=1)
+    for rows, tokens in firsts:
+      first[rows] = np.asarray(tokens)[:len(rows)]
+    host = np.concatenate([first[:, None]] + [np.asarray(s)[:len(prompts), None] for s in steps],
+                          axis=1)
     t2 = time.perf_counter()
-    return host.tolist(), t1 - t0, t2 - t1, prefix.kv_nbytes
+    return host.tolist(), t1 - t0, t2 - t1, kv_bytes

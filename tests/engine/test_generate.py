@@ -1,5 +1,7 @@
 """Generator: split (both transfer modes) == single == transformers' greedy generate."""
 
+import dataclasses
+
 import pytest
 
 from splitjax.config import (EngineConfig, GenerateConfig, GenerateMode, MeshConfig,
@@ -41,6 +43,14 @@ def test_greedy_matches_transformers(hf_gqa_dir, hf_reference, mode, transfer):
   result = _gen(hf_gqa_dir, mode, transfer).generate(PROMPTS)
   assert result.tokens == hf_reference
   assert result.kv_bytes > 0
+
+
+def test_small_prefill_budget_splits_waves_same_tokens(hf_gqa_dir, hf_reference):
+  gen = _gen(hf_gqa_dir, GenerateMode.SPLIT, TransferMode.AUTO)
+  gen.cfg = dataclasses.replace(gen.cfg, prefill_token_budget=64)
+  # wave 1 = prompts of 5, 2, 40, 17 tokens: buckets 16,16 | 64 | 64 -> three prefill programs
+  assert gen._prefill_groups(PROMPTS[:4]) == [[0, 1], [2], [3]]
+  assert gen.generate(PROMPTS).tokens == hf_reference
 
 
 def test_tied_model_split_matches_transformers(hf_tied_dir):
