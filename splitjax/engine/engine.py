@@ -20,6 +20,7 @@ State is explicit: params, caches and PRNG keys are passed in and returned.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 
@@ -163,14 +164,14 @@ class Engine:
     """
     args = (batch.tokens_BT, batch.lengths_B, batch.sampling)
     if not layerwise:
-      return self._program("prefill", params)(params, *args, key)
-    x = self._program("embed", params)(params.embed, batch.tokens_BT)
+      return self._program(_Prog.PREFILL, params)(params, *args, key)
+    x = self._program(_Prog.EMBED, params)(params.embed, batch.tokens_BT)
     groups = []
     for lo in range(0, self.model.num_layers, self.group_size):
       layers = params.layers[lo:lo + self.group_size]
-      x, group = self._program("group", params, len(layers))(layers, x)
+      x, group = self._program(_Prog.GROUP, params, len(layers))(layers, x)
       groups.append(group)
-    first = self._program("head", params)(params, x, batch.lengths_B, batch.sampling, key)
+    first = self._program(_Prog.HEAD, params)(params, x, batch.lengths_B, batch.sampling, key)
     return Prefix(tuple(groups), first, jax.device_put(batch.lengths_B, self.rep),
                   jax.device_put(batch.sampling, self.rep))
 
@@ -219,12 +220,12 @@ class Engine:
       raise PromptError(f"prefix of {prefix.padded_len} positions does not fit a cache "
                         f"of {self.max_cache_len}")
     self.kv_layout.check(prefix)
-    return self._program("insert", None, len(prefix.kv))(prefix, state, np.int32(row),
+    return self._program(_Prog.INSERT, None, len(prefix.kv))(prefix, state, np.int32(row),
                                                            np.int32(slot))
 
   def release(self, state: DecodeState, slot: int) -> DecodeState:
     """Deactivates ``slot`` (donates ``state``); its cache is simply overwritten later."""
-    return self._program("release", None)(state, np.int32(slot))
+    return self._program(_Prog.RELEASE, None)(state, np.int32(slot))
 
   def decode(self, params: Params, state: DecodeState,
              key: jax.Array) -> tuple[DecodeState, jax.Array]:
@@ -236,13 +237,13 @@ class Engine:
     meaningless. The caller must not step a slot whose length reached
     ``max_cache_len`` (its write would be dropped).
     """
-    return self._program("decode", params, False)(params, state, key)
+    return self._program(_Prog.DECODE, params, False)(params, state, key)
 
   def decode_with_logits(self, params: Params, state: DecodeState, key: jax.Array
                          ) -> tuple[DecodeState, jax.Array, jax.Array]:
     """:meth:`decode` that also returns the step's float32 logits [slots, V]
     (a separate program; for tests and scoring, not the serving hot path)."""
-    return self._program("decode", params, True)(params, state, key)
+    return self._program(_Prog.DECODE, params, True)(params, state, key)
 
   def _insert_fn(self, prefix: Prefix, state: DecodeState, row, slot):
     ks, vs = [], []
@@ -282,49 +283,73 @@ class Engine:
     return (new, tok, logits) if with_logits else (new, tok)
 
   # ------------------------------------------------------------------ compile
-  def _program(self, name: str, params, *static):
-    """The jitted program ``name`` (cached per static arguments)."""
-    key = (name, *static)
+  def _program(self, prog: "_Prog", params, *static):
+    """The jitted program ``prog`` (built once per static arguments)."""
+    key = (prog, *static)
     if key not in self._programs:
-      self._programs[key] = self._build(name, params, *static)
+      self._programs[key] = getattr(self, f"_build_{prog.value}")(params, *static)
     return self._programs[key]
 
-  def _build(self, name: str, params, *static):
+  def _shardings(self):
     rep, bsh = self.rep, mesh_lib.batch_sharding(self.mesh)
-    bsh2 = mesh_lib.batch_sharding(self.mesh, 2)
-    x_sh = mesh_lib.batch_sharding(self.mesh, 3)
-    kv_sh = KVGroup(self.kv_sharding, self.kv_sharding)
-    sp_sh = SamplingParams(rep, rep, rep)
-    if name == "prefill":
-      psh = self._params_sh(params)
-      return jax.jit(self._prefill_fn, in_shardings=(psh, bsh2, rep, sp_sh, rep),
-                     out_shardings=Prefix((kv_sh,), rep, rep, sp_sh))
-    if name == "embed":
-      return jax.jit(lambda e, t: self.defs.embed_mod(e)(t),
-                     in_shardings=(self._params_sh(params).embed, bsh2), out_shardings=x_sh)
-    if name == "group":
-      (n,) = static
-      lsh = self._params_sh(params).layers[:n]
-      return jax.jit(self._run_layers, in_shardings=(lsh, x_sh), out_shardings=(x_sh, kv_sh),
-                     donate_argnums=1)
-    if name == "head":
-      return jax.jit(self._first_token,
-                     in_shardings=(self._params_sh(params), x_sh, rep, sp_sh, rep),
-                     out_shardings=rep)
     layers = (self.cache_sharding,) * self.model.num_layers
-    state_sh = DecodeState(layers, layers, bsh, bsh, bsh, SamplingParams(bsh, bsh, bsh))
-    if name == "insert":
-      (groups,) = static
-      prefix_sh = Prefix((kv_sh,) * groups, rep, rep, sp_sh)
-      return jax.jit(self._insert_fn, in_shardings=(prefix_sh, state_sh, rep, rep),
-                     out_shardings=state_sh, donate_argnums=1)
-    if name == "release":
-      return jax.jit(self._release_fn, in_shardings=(state_sh, rep), out_shardings=state_sh,
-                     donate_argnums=0)
-    if name == "decode":
-      (with_logits,) = static
-      outs = (state_sh, rep, rep) if with_logits else (state_sh, rep)
-      return jax.jit(functools.partial(self._decode_fn, with_logits),
-                     in_shardings=(self._params_sh(params), state_sh, rep),
-                     out_shardings=outs, donate_argnums=1)
-    raise KeyError(name)
+    return dict(
+        rep=rep, tokens=mesh_lib.batch_sharding(self.mesh, 2),
+        x=mesh_lib.batch_sharding(self.mesh, 3),
+        kv=KVGroup(self.kv_sharding, self.kv_sharding), sp=SamplingParams(rep, rep, rep),
+        state=DecodeState(layers, layers, bsh, bsh, bsh, SamplingParams(bsh, bsh, bsh)))
+
+  def _build_prefill(self, params):
+    sh = self._shardings()
+    return jax.jit(self._prefill_fn,
+                   in_shardings=(self._params_sh(params), sh["tokens"], sh["rep"], sh["sp"],
+                                 sh["rep"]),
+                   out_shardings=Prefix((sh["kv"],), sh["rep"], sh["rep"], sh["sp"]))
+
+  def _build_embed(self, params):
+    sh = self._shardings()
+    return jax.jit(lambda e, t: self.defs.embed_mod(e)(t),
+                   in_shardings=(self._params_sh(params).embed, sh["tokens"]),
+                   out_shardings=sh["x"])
+
+  def _build_group(self, params, n_layers: int):
+    sh = self._shardings()
+    return jax.jit(self._run_layers,
+                   in_shardings=(self._params_sh(params).layers[:n_layers], sh["x"]),
+                   out_shardings=(sh["x"], sh["kv"]), donate_argnums=1)
+
+  def _build_head(self, params):
+    sh = self._shardings()
+    return jax.jit(self._first_token,
+                   in_shardings=(self._params_sh(params), sh["x"], sh["rep"], sh["sp"],
+                                 sh["rep"]),
+                   out_shardings=sh["rep"])
+
+  def _build_insert(self, _params, n_groups: int):
+    sh = self._shardings()
+    prefix_sh = Prefix((sh["kv"],) * n_groups, sh["rep"], sh["rep"], sh["sp"])
+    return jax.jit(self._insert_fn, in_shardings=(prefix_sh, sh["state"], sh["rep"], sh["rep"]),
+                   out_shardings=sh["state"], donate_argnums=1)
+
+  def _build_release(self, _params):
+    sh = self._shardings()
+    return jax.jit(self._release_fn, in_shardings=(sh["state"], sh["rep"]),
+                   out_shardings=sh["state"], donate_argnums=0)
+
+  def _build_decode(self, params, with_logits: bool):
+    sh = self._shardings()
+    outs = (sh["state"], sh["rep"], sh["rep"]) if with_logits else (sh["state"], sh["rep"])
+    return jax.jit(functools.partial(self._decode_fn, with_logits),
+                   in_shardings=(self._params_sh(params), sh["state"], sh["rep"]),
+                   out_shardings=outs, donate_argnums=1)
+
+
+class _Prog(enum.Enum):
+  """The compiled programs of an Engine (value = builder suffix)."""
+  PREFILL = "prefill"
+  EMBED = "embed"
+  GROUP = "group"
+  HEAD = "head"
+  INSERT = "insert"
+  RELEASE = "release"
+  DECODE = "decode"
