@@ -76,10 +76,6 @@ class Prefix:
   sampling: SamplingParams
 
   @property
-  def batch(self) -> int:
-    return self.first_token_B.shape[0]
-
-  @property
   def padded_len(self) -> int:
     return self.kv[0].k_LBKTH.shape[3]
 
@@ -110,11 +106,3 @@ class DecodeState:
   tokens_B: jax.Array
   active_B: jax.Array
   sampling: SamplingParams
-
-  @property
-  def slots(self) -> int:
-    return self.lengths_B.shape[0]
-
-  @property
-  def max_len(self) -> int:
-    return self.v[0].shape[2]

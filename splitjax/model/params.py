@@ -89,13 +89,3 @@ def split_model(model: Llama) -> tuple[ModelDefs, Params]:
   layers = tuple(_split_part(b)[1] for b in model.layers)
   head_part, head = _split_part(model.head)
   return ModelDefs(model.cfg, embed_part, block_part, head_part), Params(embed, layers, head)
-
-
-def merge_model(defs: ModelDefs, params: Params) -> Llama:
-  """Rebuilds a full :class:`Llama` module sharing the arrays of ``params``."""
-  model = nnx.eval_shape(lambda: Llama(defs.cfg, nnx.Rngs(0)))
-  nnx.update(model.embed, nnx.state(defs.embed_mod(params.embed)))
-  nnx.update(model.head, nnx.state(defs.head.merge(params.head)))
-  for block, leaves in zip(model.layers, params.layers):
-    nnx.update(block, nnx.state(defs.block_mod(leaves)))
-  return model

@@ -26,13 +26,6 @@ class SamplingParams:
   top_p_B: jax.Array
 
   @staticmethod
-  def fill(cfg: SamplingConfig, batch: int) -> "SamplingParams":
-    """Host (numpy) arrays with ``cfg`` repeated ``batch`` times."""
-    return SamplingParams(np.full((batch,), cfg.temperature, np.float32),
-                          np.full((batch,), cfg.top_k, np.int32),
-                          np.full((batch,), cfg.top_p, np.float32))
-
-  @staticmethod
   def stack(cfgs: list[SamplingConfig], batch: int) -> "SamplingParams":
     """Host arrays for ``cfgs`` row by row, padded with greedy rows to ``batch``."""
     rows = list(cfgs) + [SamplingConfig()] * (batch - len(cfgs))

@@ -87,20 +87,23 @@ def test_insert_while_others_decode(gqa):
   a_prompt, b_prompt = list(range(20, 45)), [9, 8, 7]
   pa = transfer.to_engine(pe.prefill(pp, pe.make_batch([a_prompt]), key), de)
   state = de.insert(pa, state, 0, 1)
-  a_gen, a_log = [int(np.asarray(pa.first_token_B)[0])], []
-  for _ in range(3):
-    state, t, l = de.decode_with_logits(dp, state, key)
-    a_gen.append(int(t[1]))
-    a_log.append(np.asarray(l[1]))
+  gen = {1: [int(np.asarray(pa.first_token_B)[0])]}
+  logs = {1: []}
+
+  def steps(state, n):
+    for _ in range(n):
+      state, t, l = de.decode_with_logits(dp, state, key)
+      for slot in gen:
+        gen[slot].append(int(t[slot]))
+        logs[slot].append(np.asarray(l[slot]))
+    return state
+
+  state = steps(state, 3)
   pb = transfer.to_engine(pe.prefill(pp, pe.make_batch([b_prompt]), key, layerwise=True), de)
   state = de.insert(pb, state, 0, 3)
-  b_gen, b_log = [int(np.asarray(pb.first_token_B)[0])], []
-  for _ in range(4):
-    state, t, l = de.decode_with_logits(dp, state, key)
-    a_gen.append(int(t[1]))
-    a_log.append(np.asarray(l[1]))
-    b_gen.append(int(t[3]))
-    b_log.append(np.asarray(l[3]))
+  gen[3], logs[3] = [int(np.asarray(pb.first_token_B)[0])], []
+  state = steps(state, 4)
+  a_gen, a_log, b_gen, b_log = gen[1], logs[1], gen[3], logs[3]
   _check_against_full_forward(model, a_prompt + a_gen[:1], a_gen[1:], a_log)
   _check_against_full_forward(model, b_prompt + b_gen[:1], b_gen[1:], b_log)
   assert np.asarray(state.lengths_B).tolist() == [0, 25 + 7, 0, 3 + 4]
