@@ -60,8 +60,7 @@ class Generator:
     """
     n_new = max_new_tokens or self.cfg.max_new_tokens
     sampling = sampling or self.cfg.sampling
-    for p in prompts:
-      self.prefill_engine.validate_prompt(p, n_new)
+    for p in prompts:  # both engines share model and engine config: one check suffices
       self.decode_engine.validate_prompt(p, n_new)
     key = jax.random.key(sampling.seed)
     slots = self.decode_engine.cfg.decode_slots
