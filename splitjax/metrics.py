@@ -43,8 +43,9 @@ class RequestRecord:
   prompt_instance: str = ""
   token_instance: str = ""
   transfer_bytes: int = 0
-  transfer_s: float = 0.0
+  transfer_s: float = 0.0                 # KV landed - first token: the exposed part
   preemptions: int = 0
+  token_ids: list[int] = dataclasses.field(default_factory=list)
 
   def finish(self, status: RequestStatus, reason: str = "") -> None:
     if status in (RequestStatus.FAILED, RequestStatus.REJECTED) and not reason:
@@ -170,3 +171,30 @@ def write_requests_csv(records: Sequence[RequestRecord], path: str | os.PathLike
 
 def _cell(x: float | None) -> str:
   return "" if x is None else repr(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSample:
+  """Cluster occupancy at one instant (``t_s`` on the run's clock)."""
+  t_s: float
+  prompt_instances: int
+  token_instances: int
+  mixed_instances: int
+  colocated_instances: int
+  busy_instances: int
+  queued_prompts: int
+  queued_prompt_tokens: int
+  transferring: int
+  waiting_decode: int
+  decoding: int
+  kv_used_fraction: float       # KV tokens in use / capacity, whole cluster
+
+
+def write_timeline_csv(samples: Sequence[PoolSample], path: str | os.PathLike) -> None:
+  """One row per sample, columns = PoolSample fields."""
+  fields = [f.name for f in dataclasses.fields(PoolSample)]
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(fields)
+    for s in samples:
+      w.writerow([getattr(s, k) for k in fields])

@@ -1,4 +1,11 @@
-"""Plain records the policies work on: requests and instances (no jax)."""
+"""Plain records the policies work on: requests, instances, work units (no jax).
+
+A request moves through :class:`Phase` s; an instance holds queues, decode
+slots and KV memory; a :class:`Work` is one iteration a policy asks an
+instance to run (a prefill batch, a decode step, or a mixed chunked step).
+Drivers (the real runtime, the simulator, test fakes) execute Work and report
+back to the coordinator; they never change these records themselves.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +17,44 @@ from splitjax.scheduling.kv_memory import KVMemory
 
 
 class Role(enum.Enum):
-  """What an instance runs. MIXED instances are borrowed into the mixed pool."""
+  """What an instance runs now. MIXED instances were borrowed into the mixed pool."""
   PROMPT = "prompt"
   TOKEN = "token"
   MIXED = "mixed"
   COLOCATED = "colocated"
 
 
-@dataclasses.dataclass
+class Phase(enum.Enum):
+  """Where a request is in its life."""
+  QUEUED = "queued"                  # in a prompt queue
+  PREFILLING = "prefilling"          # in a running prefill, or between prompt chunks
+  TRANSFERRING = "transferring"      # KV on its way to the token instance
+  WAITING_DECODE = "waiting_decode"  # KV arrived; waiting for a slot and KV memory
+  DECODING = "decoding"              # holds a decode slot
+  FINISHED = "finished"              # completed or failed; holds nothing
+
+
+@dataclasses.dataclass(eq=False)
 class Request:
-  """A request as policies see it. ``generated`` counts emitted tokens (the
-  first comes from prefill); the request is done at ``output_tokens``."""
+  """A request as policies see it.
+
+  ``generated`` counts emitted tokens (the first comes from prefill); the
+  request is done at ``output_tokens``. ``prefilled`` counts prompt tokens
+  whose KV exists (chunked prefill advances it chunk by chunk).
+  ``prompt_instance`` / ``token_instance`` are instance names fixed by the
+  router; ``slot`` is the decode slot held on the token instance.
+  """
   request_id: int
   arrival_s: float
   prompt_tokens: int
   output_tokens: int
   generated: int = 0
+  prefilled: int = 0
   preemptions: int = 0
+  phase: Phase = Phase.QUEUED
+  prompt_instance: str = ""
+  token_instance: str = ""
+  slot: int | None = None
 
   @property
   def total_tokens(self) -> int:
@@ -37,36 +65,53 @@ class Request:
     return self.generated >= self.output_tokens
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Instance:
-  """One model replica: its role, KV memory and queues.
+  """One model replica: role, KV memory, decode slots and queues.
 
   prompt_queue: requests routed here for prefill, FCFS.
-  decode_queue: prefilled requests routed here for decode, waiting for a slot
-    and KV memory (their tokens count as reserved for the router).
-  decoding: requests holding a decode slot and their KV.
+  prefilling: requests in a running prefill, or holding a slot between chunks.
+  incoming: requests routed here for decode and not yet admitted (their
+    prompt + output tokens count as reserved for the router).
+  decode_queue: requests whose KV has arrived, waiting for a slot + memory.
+  decoding: requests holding a decode slot (and KV for prompt + output).
+  held: prompt-side KV kept until its transfer lands (request id -> request).
+  max_request_tokens: longest prompt + output one slot can hold.
+  busy: a Work is running on this instance.
+  returning: a borrowed (MIXED) instance that takes no new foreign work.
   """
   name: str
   home: Role
   kv: KVMemory
   decode_slots: int
+  max_request_tokens: int
   role: Role | None = None
   prompt_queue: collections.deque = dataclasses.field(default_factory=collections.deque)
+  prefilling: dict = dataclasses.field(default_factory=dict)
+  incoming: dict = dataclasses.field(default_factory=dict)
   decode_queue: collections.deque = dataclasses.field(default_factory=collections.deque)
   decoding: dict = dataclasses.field(default_factory=dict)
+  held: dict = dataclasses.field(default_factory=dict)
+  free_slots: list = dataclasses.field(default_factory=list)
+  busy: bool = False
+  returning: bool = False
 
   def __post_init__(self):
     if self.role is None:
       self.role = self.home
+    self.free_slots = list(range(self.decode_slots))
 
+  # ---------------------------------------------------------------- loads
   @property
   def pending_prompt_tokens(self) -> int:
-    return sum(r.prompt_tokens for r in self.prompt_queue)
+    """Prompt tokens queued or being prefilled here (router's prompt load)."""
+    return (sum(r.prompt_tokens for r in self.prompt_queue)
+            + sum(r.prompt_tokens - r.prefilled for r in self.prefilling.values()))
 
   @property
   def reserved_tokens(self) -> int:
     """KV tokens promised to requests routed here but not yet admitted."""
-    return sum(r.total_tokens for r in self.decode_queue)
+    return sum(r.total_tokens for r in self.incoming.values())
 
   @property
   def token_load(self) -> int:
@@ -74,5 +119,83 @@ class Instance:
     return self.kv.used_tokens + self.reserved_tokens
 
   @property
+  def takes_prompts(self) -> bool:
+    if self.role == Role.MIXED:
+      return not (self.returning and self.home == Role.TOKEN)
+    return self.role in (Role.PROMPT, Role.COLOCATED)
+
+  @property
+  def takes_tokens(self) -> bool:
+    if self.role == Role.MIXED:
+      return not (self.returning and self.home == Role.PROMPT)
+    return self.role in (Role.TOKEN, Role.COLOCATED)
+
+  def fits_ever(self, request: Request) -> bool:
+    """Whether ``request`` could ever decode here (one slot and empty memory)."""
+    return (request.total_tokens <= self.max_request_tokens
+            and self.kv.fits_ever(request.total_tokens))
+
+  @property
   def idle(self) -> bool:
-    return not (self.prompt_queue or self.decode_queue or self.decoding)
+    return not (self.busy or self.prompt_queue or self.prefilling or self.incoming
+                or self.decode_queue or self.decoding or self.held)
+
+  # ---------------------------------------------------------------- slots
+  def can_take_slot(self, tokens: int) -> bool:
+    """A free decode slot and KV memory for ``tokens`` (never over-commits)."""
+    return bool(self.free_slots) and self.kv.can_allocate(tokens)
+
+  def take_slot(self, request: Request) -> None:
+    """Gives ``request`` the lowest free slot and KV for its prompt + output."""
+    self.kv.allocate(request.request_id, request.total_tokens)
+    request.slot = self.free_slots.pop(0)
+
+  def give_back_slot(self, request: Request) -> None:
+    self.kv.free(request.request_id)
+    self.free_slots.append(request.slot)
+    self.free_slots.sort()
+    request.slot = None
+
+
+class WorkKind(enum.Enum):
+  PREFILL = "prefill"   # whole prompts, one batch (split, mixed and co-located)
+  DECODE = "decode"     # one token for every decoding request
+  MIXED = "mixed"       # decode step + prompt chunks in one iteration (chunked prefill)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Chunk:
+  """Prompt tokens [start, end) of ``request`` computed in one MIXED step."""
+  request: Request
+  start: int
+  end: int
+
+  @property
+  def last(self) -> bool:
+    return self.end == self.request.prompt_tokens
+
+
+@dataclasses.dataclass(eq=False)
+class Work:
+  """One iteration for ``instance`` to run.
+
+  prefill: whole prompts (PREFILL). Requests whose ``token_instance`` is this
+    instance already hold a slot here: their KV goes straight into it.
+  transfers: the subset of ``prefill`` whose KV must move to another instance.
+  admitted: requests given a slot at the start of this step; their arrived KV
+    must be inserted before decoding (DECODE / MIXED).
+  decode: requests that advance one token (DECODE / MIXED).
+  chunks: prompt chunks (MIXED); a chunk's request holds its slot here.
+  """
+  kind: WorkKind
+  instance: Instance
+  prefill: tuple = ()
+  transfers: tuple = ()
+  admitted: tuple = ()
+  decode: tuple = ()
+  chunks: tuple = ()
+  started_s: float = 0.0
+
+  @property
+  def prompt_tokens(self) -> int:
+    return sum(r.prompt_tokens for r in self.prefill) + sum(c.end - c.start for c in self.chunks)

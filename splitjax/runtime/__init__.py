@@ -1,0 +1,1 @@
+"""Drivers that execute the scheduling policies: the real-time loop and its executors."""

@@ -1,0 +1,204 @@
+"""The driver loop: arrivals on a clock -> coordinator -> executor -> records.
+
+One thread, asynchronous dispatch. Each pass: admit the requests that have
+arrived, apply the executor's events (finished work, landed transfers) to the
+coordinator, let the mixed pool rebalance, launch the next Work on every idle
+instance, sample occupancy, then sleep until the next arrival or event. JAX
+dispatch returns immediately, so all instances' programs run concurrently
+while this loop only polls for readiness; policy state is touched by this one
+thread only (no locks). Works with the wall clock and real programs
+(``JaxExecutor``) or a virtual clock and the ``FakeExecutor``.
+
+No jax here: the simulator can drive the same loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Callable, Sequence
+
+from splitjax.metrics import PoolSample, RequestRecord, RequestStatus, Summary, summarize
+from splitjax.runtime.executor import Executor, TransferDone, WorkDone, WorkFailed
+from splitjax.scheduling.coordinator import Coordinator
+from splitjax.scheduling.mixed_pool import RoleChange
+from splitjax.scheduling.records import Phase, Request, Role, Work
+from splitjax.workload import RequestSpec
+
+
+@dataclasses.dataclass
+class RunResult:
+  """Everything a replay produced. ``records`` are in request-id order."""
+  records: list[RequestRecord]
+  summary: Summary
+  timeline: list[PoolSample]
+  role_changes: list[RoleChange]
+
+  def to_dict(self) -> dict:
+    """summary.json: :meth:`Summary.to_dict` plus occupancy and mixed-pool counts."""
+    d = self.summary.to_dict()
+    tl = self.timeline
+    mean = lambda f: sum(getattr(s, f) for s in tl) / len(tl) if tl else 0.0
+    peak = lambda f: max((getattr(s, f) for s in tl), default=0)
+    d["occupancy"] = {f: {"mean": mean(f), "max": peak(f)} for f in (
+        "queued_prompts", "queued_prompt_tokens", "transferring", "waiting_decode", "decoding",
+        "kv_used_fraction", "busy_instances", "mixed_instances")}
+    d["mixed_pool"] = {
+        "borrowings": sum(c.new == Role.MIXED for c in self.role_changes),
+        "returns": sum(c.old == Role.MIXED for c in self.role_changes)}
+    d["preemptions"] = sum(r.preemptions for r in self.records)
+    return d
+
+
+class _Run:
+  """State of one replay (the loop body is split into small steps)."""
+
+  def __init__(self, coord: Coordinator, executor: Executor, specs: Sequence[RequestSpec],
+               clock, sample_every_s: float):
+    self.coord, self.ex, self.clock = coord, executor, clock
+    self.sample_every_s = sample_every_s
+    self.arrivals = collections.deque(sorted(specs, key=lambda s: (s.arrival_s, s.request_id)))
+    self.records = {s.request_id: RequestRecord(s.request_id, s.arrival_s, s.prompt_tokens,
+                                                s.output_tokens) for s in specs}
+    if len(self.records) != len(specs):
+      raise ValueError("request ids must be unique")
+    self.requests: dict[int, Request] = {}
+    self.timeline: list[PoolSample] = []
+    self.next_sample = 0.0
+
+  def admit_arrivals(self, now: float) -> None:
+    while self.arrivals and self.arrivals[0].arrival_s <= now:
+      s = self.arrivals.popleft()
+      r = Request(s.request_id, s.arrival_s, s.prompt_tokens, s.output_tokens)
+      reason = self.coord.submit(r)
+      rec = self.records[s.request_id]
+      if reason is None:
+        self.requests[r.request_id] = r
+        rec.prompt_instance, rec.token_instance = r.prompt_instance, r.token_instance
+      else:
+        rec.finish(RequestStatus.REJECTED, reason)
+
+  def apply(self, events) -> None:
+    for ev in events:
+      if isinstance(ev, WorkDone):
+        done = self.coord.complete(ev.work)
+        for r in done.emitted:
+          rec = self.records[r.request_id]
+          rec.token_times_s.append(ev.at_s)
+          rec.token_ids.append(int(ev.tokens[r.request_id]))
+        for r in done.finished:
+          self._end(r, RequestStatus.COMPLETED)
+      elif isinstance(ev, TransferDone):
+        rec = self.records[ev.request.request_id]
+        rec.transfer_bytes += ev.nbytes
+        rec.transfer_s += max(0.0, ev.at_s - rec.token_times_s[0])
+        if ev.request.phase == Phase.TRANSFERRING:
+          self.coord.transfer_done(ev.request)
+      elif isinstance(ev, WorkFailed):
+        ev.work.instance.busy = False
+        for r in _requests_of(ev.work):
+          self._fail(r, ev.reason)
+
+  def launch(self, now: float) -> bool:
+    launched = False
+    for inst in self.coord.instances:
+      if inst.busy:
+        continue
+      work = self.coord.next_work(inst, now)
+      if work is None:
+        continue
+      launched = True
+      for r in list(work.prefill) + [c.request for c in work.chunks if c.start == 0]:
+        self.records[r.request_id].scheduled_s = now
+      for r in work.decode:
+        self.records[r.request_id].preemptions = r.preemptions
+      self.ex.launch(work, now)
+    return launched
+
+  def sample(self, now: float) -> None:
+    if now < self.next_sample:
+      return
+    self.timeline.append(pool_sample(self.coord, now))
+    self.next_sample = now + self.sample_every_s
+
+  def _end(self, r: Request, status: RequestStatus, reason: str = "") -> None:
+    rec = self.records[r.request_id]
+    rec.preemptions = r.preemptions
+    rec.finish(status, reason)
+    self.ex.release(r)
+    self.requests.pop(r.request_id, None)
+
+  def _fail(self, r: Request, reason: str) -> None:
+    if r.phase != Phase.FINISHED:
+      self.coord.fail(r, reason)
+    self._end(r, RequestStatus.FAILED, reason)
+
+  def fail_stuck(self) -> None:
+    """Nothing runs and nothing can start: fail what is left, saying why."""
+    for r in list(self.coord.requests_in_flight()):
+      self._fail(r, f"could not be scheduled (stuck in phase {r.phase.value} on "
+                    f"{r.token_instance if r.phase != Phase.QUEUED else r.prompt_instance})")
+
+
+def _requests_of(work: Work) -> list[Request]:
+  return list(work.prefill) + list(work.decode) + [c.request for c in work.chunks]
+
+
+def pool_sample(coord: Coordinator, now: float) -> PoolSample:
+  insts = coord.instances
+  count = lambda role: sum(i.role == role for i in insts)
+  cap = sum(i.kv.total_blocks * i.kv.block_tokens for i in insts)
+  used = sum(i.kv.used_tokens for i in insts)
+  return PoolSample(
+      t_s=now, prompt_instances=count(Role.PROMPT), token_instances=count(Role.TOKEN),
+      mixed_instances=count(Role.MIXED), colocated_instances=count(Role.COLOCATED),
+      busy_instances=sum(i.busy for i in insts),
+      queued_prompts=sum(len(i.prompt_queue) for i in insts),
+      queued_prompt_tokens=sum(i.pending_prompt_tokens for i in insts),
+      transferring=sum(r.phase == Phase.TRANSFERRING for i in insts for r in i.held.values()),
+      waiting_decode=sum(len(i.decode_queue) for i in insts),
+      decoding=sum(len(i.decoding) for i in insts),
+      kv_used_fraction=used / cap if cap else 0.0)
+
+
+def replay(coord: Coordinator, executor: Executor, specs: Sequence[RequestSpec], clock, *,
+           sample_every_s: float = 0.5,
+           progress: Callable[[int, int], None] | None = None) -> RunResult:
+  """Runs ``specs`` (arrivals in seconds from the clock's zero) to the end.
+
+  Every request ends COMPLETED, REJECTED (at admission, with the reason) or
+  FAILED (with the reason); none is dropped. ``progress(ended, total)`` is
+  called whenever requests end.
+  """
+  run = _Run(coord, executor, specs, clock, sample_every_s)
+  total, ended = len(specs), -1
+  while True:
+    now = clock.now()
+    run.admit_arrivals(now)
+    run.apply(executor.poll(now))
+    coord.rebalance()
+    launched = run.launch(now)
+    run.sample(now)
+    if progress is not None:
+      n = sum(r.status != RequestStatus.PENDING for r in run.records.values())
+      if n != ended:
+        ended = n
+        progress(n, total)
+    if not executor.busy and not launched:
+      if not run.arrivals and coord.idle:
+        break
+      if not run.arrivals:
+        run.fail_stuck()
+        continue
+    wakes = [run.next_sample]
+    if run.arrivals:
+      wakes.append(run.arrivals[0].arrival_s)
+    nxt = executor.next_event_s(now)
+    if nxt is not None:
+      wakes.append(nxt)
+    if not launched:
+      clock.sleep_until(min(wakes))
+  wall = clock.now()
+  run.timeline.append(pool_sample(coord, wall))
+  records = [run.records[k] for k in sorted(run.records)]
+  return RunResult(records, summarize(records, wall), run.timeline, list(coord.role_changes))

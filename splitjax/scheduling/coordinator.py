@@ -1,0 +1,229 @@
+"""The coordinator: cluster state plus the policies that act on it (no jax).
+
+Drivers call, in any order their clock dictates:
+
+  reason = coord.submit(request)           # route + enqueue, or a rejection reason
+  coord.rebalance()                        # mixed-pool borrowing / returns
+  work = coord.next_work(instance, now)    # for an idle instance; marks it busy
+  done = coord.complete(work)              # after the driver ran ``work``
+  coord.transfer_done(request)             # after the KV of a request landed
+  coord.fail(request, reason)              # give up on a request, freeing everything
+
+Requests only change hands through these calls, so every accepted request is
+always in exactly one place until it finishes or fails.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Iterable, Sequence
+
+from splitjax.scheduling.kv_memory import KVMemory
+from splitjax.scheduling.batchers import ContinuousTokenBatcher, FCFSPromptBatcher
+from splitjax.scheduling.mixed_pool import MixedPool, RoleChange
+from splitjax.scheduling.records import Instance, Phase, Request, Role, Work
+from splitjax.scheduling.router import ColocatedJSQRouter, JSQRouter, NoInstanceError
+from splitjax.scheduling.steps import (ChunkedColocatedStep, ColocatedStep, MixedStep,
+                                       PromptStep, StepPolicy, TokenStep)
+from splitjax.serve_config import ClusterPolicy, SchedulerConfig
+
+
+@dataclasses.dataclass
+class Policies:
+  """The policy objects of one cluster: a router, a step policy per role and
+  (SPLIT with a mixed pool) the pool manager."""
+  router: JSQRouter | ColocatedJSQRouter
+  steps: dict[Role, StepPolicy]
+  mixed_pool: MixedPool | None = None
+
+
+def make_policies(cfg: SchedulerConfig) -> Policies:
+  """The policies ``cfg.policy`` names (the one place that maps the enum)."""
+  prompts = FCFSPromptBatcher(cfg.prompt_token_budget, cfg.max_prefill_batch)
+  tokens = ContinuousTokenBatcher()
+  if cfg.policy == ClusterPolicy.SPLIT:
+    pool = (MixedPool(cfg.borrow_prompt_tokens, cfg.borrow_kv_fraction)
+            if cfg.mixed_pool else None)
+    return Policies(JSQRouter(), {Role.PROMPT: PromptStep(prompts), Role.TOKEN: TokenStep(tokens),
+                                  Role.MIXED: MixedStep(prompts, tokens, cfg.max_preemptions)},
+                    pool)
+  if cfg.policy == ClusterPolicy.COLOCATED:
+    return Policies(ColocatedJSQRouter(), {Role.COLOCATED: ColocatedStep(prompts)})
+  return Policies(ColocatedJSQRouter(),
+                  {Role.COLOCATED: ChunkedColocatedStep(cfg.chunk_token_budget)})
+
+
+def home_roles(cfg: SchedulerConfig, num_prompt: int, num_token: int,
+               num_colocated: int) -> list[Role]:
+  """Home role of every instance, in device order."""
+  if cfg.policy == ClusterPolicy.SPLIT:
+    return [Role.PROMPT] * num_prompt + [Role.TOKEN] * num_token
+  return [Role.COLOCATED] * num_colocated
+
+
+def make_instances(roles: Sequence[Role], decode_slots: int, kv_capacity_tokens: int,
+                   max_request_tokens: int, block_tokens: int = 16) -> list[Instance]:
+  """Instances named ``<home role><index in that role>`` (``prompt0``, ``token1``...)."""
+  seen: dict[Role, int] = {}
+  out = []
+  for role in roles:
+    n = seen[role] = seen.get(role, -1) + 1
+    out.append(Instance(f"{role.value}{n}", role, KVMemory(kv_capacity_tokens, block_tokens),
+                        decode_slots, max_request_tokens))
+  return out
+
+
+@dataclasses.dataclass
+class Completion:
+  """What a finished Work did. ``emitted``: requests that got one more token
+  (in work order); ``finished``: requests now complete; ``transfers``:
+  requests whose KV must now reach their token instance."""
+  emitted: list[Request] = dataclasses.field(default_factory=list)
+  finished: list[Request] = dataclasses.field(default_factory=list)
+  transfers: list[Request] = dataclasses.field(default_factory=list)
+
+
+class Coordinator:
+  """Cluster state (instances, requests) and its policies."""
+
+  def __init__(self, instances: Sequence[Instance], policies: Policies, max_prompt_tokens: int):
+    names = [i.name for i in instances]
+    if len(set(names)) != len(names):
+      raise ValueError(f"instance names must be unique: {names}")
+    self.instances = list(instances)
+    self.by_name = {i.name: i for i in instances}
+    self.policies = policies
+    self.max_prompt_tokens = max_prompt_tokens
+    self.role_changes: list[RoleChange] = []
+
+  # ---------------------------------------------------------------- arrival
+  def submit(self, r: Request) -> str | None:
+    """Routes ``r`` and enqueues it; returns None, or why it is rejected
+    (then nothing was changed)."""
+    if r.prompt_tokens <= 0 or r.output_tokens <= 0:
+      return f"prompt ({r.prompt_tokens}) and output ({r.output_tokens}) tokens must be positive"
+    if r.prompt_tokens > self.max_prompt_tokens:
+      return (f"prompt of {r.prompt_tokens} tokens exceeds the longest prompt an instance "
+              f"prefills ({self.max_prompt_tokens})")
+    try:
+      p, t = self.policies.router.route(r, self.instances)
+    except NoInstanceError as e:
+      return str(e)
+    r.prompt_instance, r.token_instance, r.phase = p.name, t.name, Phase.QUEUED
+    p.prompt_queue.append(r)
+    t.incoming[r.request_id] = r
+    return None
+
+  # ---------------------------------------------------------------- pools
+  def rebalance(self) -> list[RoleChange]:
+    """Mixed-pool borrowing and returns (no-op without a mixed pool)."""
+    if self.policies.mixed_pool is None:
+      return []
+    changes = self.policies.mixed_pool.rebalance(self.instances)
+    self.role_changes.extend(changes)
+    return changes
+
+  # ---------------------------------------------------------------- iterations
+  def next_work(self, inst: Instance, now: float) -> Work | None:
+    """The next iteration for ``inst`` (which must not be busy), or None."""
+    if inst.busy:
+      raise ValueError(f"instance {inst.name} is busy")
+    work = self.policies.steps[inst.role].next_work(inst, now)
+    inst.busy = work is not None
+    return work
+
+  def complete(self, work: Work) -> Completion:
+    """Applies a finished ``work``: tokens emitted, phases advanced, memory of
+    finished requests freed."""
+    inst, out = work.instance, Completion()
+    inst.busy = False
+    live = lambda r: r.phase != Phase.FINISHED      # failed while the work ran
+    for r in filter(live, work.prefill):
+      r.prefilled = r.prompt_tokens
+      self._prefilled(inst, r, out)
+    for c in work.chunks:
+      if live(c.request):
+        c.request.prefilled = c.end
+        if c.last:
+          self._prefilled(inst, c.request, out)
+    for r in filter(live, work.decode):
+      r.generated += 1
+      out.emitted.append(r)
+      if r.done:
+        del inst.decoding[r.request_id]
+        inst.give_back_slot(r)
+        self._finished(r, out)
+    return out
+
+  def _prefilled(self, inst: Instance, r: Request, out: Completion) -> None:
+    del inst.prefilling[r.request_id]
+    r.generated = 1
+    out.emitted.append(r)
+    local = r.token_instance == inst.name
+    if r.done:
+      if local:
+        inst.give_back_slot(r)
+      else:
+        self._drop_held(inst, r)
+        self.by_name[r.token_instance].incoming.pop(r.request_id)
+      self._finished(r, out)
+    elif local:
+      r.phase = Phase.DECODING
+      inst.decoding[r.request_id] = r
+    else:
+      r.phase = Phase.TRANSFERRING
+      out.transfers.append(r)
+
+  def transfer_done(self, r: Request) -> None:
+    """``r``'s KV reached its token instance: free the prompt side, queue for
+    decode (oldest first)."""
+    if r.phase != Phase.TRANSFERRING:
+      raise ValueError(f"request {r.request_id} is {r.phase.value}, not transferring")
+    self._drop_held(self.by_name[r.prompt_instance], r)
+    r.phase = Phase.WAITING_DECODE
+    q = self.by_name[r.token_instance].decode_queue
+    keys = [(x.arrival_s, x.request_id) for x in q]
+    q.insert(bisect.bisect(keys, (r.arrival_s, r.request_id)), r)
+
+  def fail(self, r: Request, reason: str = "") -> None:
+    """Removes ``r`` from every queue and frees what it holds (any phase)."""
+    for inst in (self.by_name.get(r.prompt_instance), self.by_name.get(r.token_instance)):
+      if inst is None:
+        continue
+      for q in (inst.prompt_queue, inst.decode_queue):
+        if r in q:
+          q.remove(r)
+      inst.prefilling.pop(r.request_id, None)
+      inst.incoming.pop(r.request_id, None)
+      inst.decoding.pop(r.request_id, None)
+      if inst.held.get(r.request_id) is r:
+        self._drop_held(inst, r)
+      if r.slot is not None and inst.name == r.token_instance:
+        inst.give_back_slot(r)
+    r.phase = Phase.FINISHED
+
+  @staticmethod
+  def _drop_held(inst: Instance, r: Request) -> None:
+    del inst.held[r.request_id]
+    inst.kv.free(r.request_id)
+
+  @staticmethod
+  def _finished(r: Request, out: Completion) -> None:
+    r.phase = Phase.FINISHED
+    out.finished.append(r)
+
+  # ---------------------------------------------------------------- state
+  @property
+  def idle(self) -> bool:
+    return all(i.idle for i in self.instances)
+
+  def requests_in_flight(self) -> Iterable[Request]:
+    """Every accepted request not yet finished (each once)."""
+    seen: dict[int, Request] = {}
+    for i in self.instances:
+      for group in (i.prompt_queue, i.prefilling.values(), i.incoming.values(), i.decode_queue,
+                    i.decoding.values(), i.held.values()):
+        for r in group:
+          seen.setdefault(r.request_id, r)
+    return seen.values()

@@ -1,0 +1,134 @@
+"""Per-instance step policies: what an idle instance runs next.
+
+One class per behaviour; each returns a :class:`Work` (and allocates what it
+admits) or None when there is nothing to do:
+
+  PromptStep             split prompt instance: FCFS prompt batches
+  TokenStep              split token instance: continuous (iteration-level) decode
+  MixedStep              mixed-pool instance: prompts first, token work preempted
+                         at most ``max_preemptions`` times per request
+  ColocatedStep          both phases, whole-prompt prefill prioritized (vLLM / Orca)
+  ChunkedColocatedStep   both phases, decode + prompt chunks in one iteration under
+                         a token budget (Sarathi-Serve)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from splitjax.scheduling.batchers import ContinuousTokenBatcher, FCFSPromptBatcher
+from splitjax.scheduling.records import Chunk, Instance, Phase, Work, WorkKind
+
+
+class StepPolicy(Protocol):
+  def next_work(self, inst: Instance, now: float) -> Work | None:
+    """The next iteration for idle ``inst`` (allocating what it admits), or None."""
+
+
+def _prefill_work(inst: Instance, batch: list, now: float) -> Work:
+  moves = tuple(r for r in batch if r.token_instance != inst.name and r.output_tokens > 1)
+  return Work(WorkKind.PREFILL, inst, prefill=tuple(batch), transfers=moves, started_s=now)
+
+
+def _decode_work(inst: Instance, admitted: list, now: float) -> Work | None:
+  if not inst.decoding:
+    return None
+  return Work(WorkKind.DECODE, inst, admitted=tuple(admitted),
+              decode=tuple(inst.decoding.values()), started_s=now)
+
+
+class PromptStep:
+  """Prefill the next FCFS batch (prompt pool)."""
+
+  def __init__(self, batcher: FCFSPromptBatcher):
+    self.batcher = batcher
+
+  def next_work(self, inst: Instance, now: float) -> Work | None:
+    batch = self.batcher.next_batch(inst)
+    return _prefill_work(inst, batch, now) if batch else None
+
+
+class TokenStep:
+  """Admit arrived requests that fit, then step every decoding request (token pool)."""
+
+  def __init__(self, batcher: ContinuousTokenBatcher):
+    self.batcher = batcher
+
+  def next_work(self, inst: Instance, now: float) -> Work | None:
+    return _decode_work(inst, self.batcher.admit(inst), now)
+
+
+class MixedStep:
+  """Mixed pool: prompts run first and preempt (delay) the token batch, except
+  that a request preempted ``max_preemptions`` times can no longer be: once any
+  decoding request reaches the cap, the token batch runs. A request's
+  preemption count grows with its age in the token phase, so the oldest token
+  work gets priority; admission to decode is oldest first."""
+
+  def __init__(self, prompts: FCFSPromptBatcher, tokens: ContinuousTokenBatcher,
+               max_preemptions: int):
+    if max_preemptions < 0:
+      raise ValueError("max_preemptions must be >= 0")
+    self.prompts, self.tokens, self.cap = prompts, tokens, max_preemptions
+
+  def next_work(self, inst: Instance, now: float) -> Work | None:
+    capped = any(r.preemptions >= self.cap for r in inst.decoding.values())
+    if inst.prompt_queue and not capped:
+      batch = self.prompts.next_batch(inst)
+      if batch:
+        for r in inst.decoding.values():
+          r.preemptions += 1
+        return _prefill_work(inst, batch, now)
+    return _decode_work(inst, self.tokens.admit(inst), now)
+
+
+class ColocatedStep:
+  """One instance, both phases, iteration-level batching with prefill priority
+  (vLLM's default scheduler; Orca-style joins between iterations): a prompt
+  batch runs whenever one can be admitted (a slot and prompt + output KV per
+  prompt), otherwise every decoding request takes a step."""
+
+  def __init__(self, batcher: FCFSPromptBatcher):
+    self.batcher = batcher
+
+  def next_work(self, inst: Instance, now: float) -> Work | None:
+    batch = self.batcher.next_batch(inst)
+    if batch:
+      return _prefill_work(inst, batch, now)
+    return _decode_work(inst, [], now)
+
+
+class ChunkedColocatedStep:
+  """Sarathi-Serve chunked prefill: every iteration carries all decoding
+  requests (one token each) and fills the rest of ``token_budget`` with prompt
+  chunks: first prompts already being chunked (FCFS), then new prompts that get
+  a slot and their prompt + output KV. Decodes never stall behind a prompt."""
+
+  def __init__(self, token_budget: int):
+    if token_budget <= 0:
+      raise ValueError("token_budget must be positive")
+    self.budget = token_budget
+
+  def next_work(self, inst: Instance, now: float) -> Work | None:
+    decode = tuple(inst.decoding.values())
+    room = self.budget - len(decode)
+    chunks = []
+    for r in inst.prefilling.values():
+      if room <= 0:
+        break
+      n = min(room, r.prompt_tokens - r.prefilled)
+      chunks.append(Chunk(r, r.prefilled, r.prefilled + n))
+      room -= n
+    q = inst.prompt_queue
+    while room > 0 and q and inst.can_take_slot(q[0].total_tokens):
+      r = q.popleft()
+      inst.incoming.pop(r.request_id, None)
+      inst.take_slot(r)
+      r.phase = Phase.PREFILLING
+      inst.prefilling[r.request_id] = r
+      n = min(room, r.prompt_tokens)
+      chunks.append(Chunk(r, 0, n))
+      room -= n
+    if chunks:
+      return Work(WorkKind.MIXED, inst, decode=decode, chunks=tuple(chunks), started_s=now)
+    return _decode_work(inst, [], now)
