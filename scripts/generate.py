@@ -37,22 +37,9 @@ _WARMUP = flags.DEFINE_bool("warmup", True, "Run once first so printed timings e
 
 def load_model(checkpoint: str | None, cfg):
   """(ModelDefs, Params, GenerateConfig with the model actually loaded)."""
-  from splitjax.model import checkpoint as ckpt
-  from splitjax.model.hf_import import CheckpointError, load_hf_llama
-  from splitjax.model.llama import init_model
-  from splitjax.model.params import split_model
-
-  if checkpoint is None:
-    model = init_model(cfg.model, cfg.seed)
-  elif (Path(checkpoint) / "model_config.json").is_file():
-    model = ckpt.restore(checkpoint)
-  elif (Path(checkpoint) / "config.json").is_file() or not Path(checkpoint).is_dir():
-    model = load_hf_llama(checkpoint)
-  else:
-    raise CheckpointError(f"{checkpoint!r} has neither config.json (Hugging Face) nor "
-                          "model_config.json (splitjax)")
-  defs, params = split_model(model)
-  return defs, params, dataclasses.replace(cfg, model=model.cfg)
+  from splitjax.model.loading import load_model as load
+  defs, params, model = load(checkpoint, cfg.model, cfg.seed)
+  return defs, params, dataclasses.replace(cfg, model=model)
 
 
 def main(argv):

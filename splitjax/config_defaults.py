@@ -28,3 +28,21 @@ def generate_config(preset: str, prefill_mesh: MeshConfig, decode_mesh: MeshConf
   c.prefill_token_budget = 2048  # padded prompt tokens per prefill program
   c.seed = 0                # seed of random weights when no checkpoint is given
   return c
+
+
+def serve_config(preset: str, engine: EngineConfig, *, policy: str = "split",
+                 mixed_pool: bool = False) -> ml_collections.ConfigDict:
+  """Config for ``scripts/serve.py`` (see ``splitjax.serve_config.ServeConfig``)."""
+  from splitjax.serve_config import ClusterConfig, SchedulerConfig, WorkloadConfig
+  c = ml_collections.ConfigDict()
+  c.model = preset_config_dict(preset)
+  c.engine = ml_collections.ConfigDict(to_plain_dict(engine))
+  c.cluster = ml_collections.ConfigDict(to_plain_dict(ClusterConfig()))
+  c.scheduler = ml_collections.ConfigDict(to_plain_dict(SchedulerConfig()))
+  c.scheduler.policy = policy          # split | colocated | colocated_chunked
+  c.scheduler.mixed_pool = mixed_pool
+  c.workload = ml_collections.ConfigDict(to_plain_dict(WorkloadConfig()))
+  c.seed = 0                           # random weights when no checkpoint is given
+  c.prompt_seed = 0                    # random prompt token ids
+  c.sample_every_s = 0.5               # pool-occupancy timeline resolution
+  return c

@@ -14,7 +14,10 @@ prefill first.
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import numpy as np
 from jax.sharding import NamedSharding
 
 from splitjax import mesh as mesh_lib
@@ -69,3 +72,23 @@ def prefill_and_transfer(src: Engine, dst: Engine, params, batch, key,
   if not layerwise:
     jax.block_until_ready(prefix)
   return to_engine(prefix, dst)
+
+
+@functools.lru_cache(maxsize=None)
+def _take_row_fn(sharding):
+  """Jitted [L, B, ...] -> [L, 1, ...] row gather that keeps ``sharding``."""
+  take = lambda a, row: jax.lax.dynamic_slice_in_dim(a, row, 1, axis=1)
+  return jax.jit(lambda g, row: KVGroup(take(g.k_LBKTH, row), take(g.v_LBKTH, row)),
+                 out_shardings=KVGroup(sharding, sharding))
+
+
+def row_prefix(prefix: Prefix, row: int) -> Prefix:
+  """Row ``row`` of ``prefix`` as a one-row Prefix on the same mesh, group by
+  group (each group's slice waits only for that group, so it can still overlap
+  a layer-wise prefill). Used to send each request's KV to its own token
+  instance without moving the rest of the batch."""
+  r = np.int32(row)
+  kv = tuple(_take_row_fn(g.k_LBKTH.sharding)(g, r) for g in prefix.kv)
+  one = lambda a: a[row:row + 1]
+  return Prefix(kv, one(prefix.first_token_B), one(prefix.lengths_B),
+                jax.tree.map(one, prefix.sampling))

@@ -155,3 +155,28 @@ def shared_trace_path(name: str, data_dir: str | os.PathLike | None = None) -> P
   if data_dir is None:
     data_dir = Path(__file__).resolve().parents[2] / "shared" / "data"
   return Path(data_dir) / "azure-llm-2023" / f"AzureLLMInferenceTrace_{name}.csv"
+
+
+def build(cfg, max_context: int) -> list[RequestSpec]:
+  """The workload a ``serve_config.WorkloadConfig`` describes, lengths capped to
+  ``max_context`` (prompt + output) and to the config's own caps.
+
+  Raises TraceError for a missing or malformed trace (naming file and line).
+  """
+  from splitjax.serve_config import WorkloadSource   # serve_config is plain Python
+  path = Path(cfg.trace) if cfg.trace.endswith(".csv") else shared_trace_path(
+      cfg.trace, cfg.data_dir or None)
+  trace = read_azure_trace(path)
+  if cfg.source == WorkloadSource.TRACE:
+    specs = select(trace, start_s=cfg.start_s, duration_s=cfg.duration_s or None,
+                   rate_scale=cfg.rate_scale, max_requests=cfg.max_requests or None)
+  else:
+    process = ArrivalProcess(cfg.source.value)
+    specs = synthetic(cfg.rate_per_s, cfg.max_requests or cfg.num_requests, trace,
+                      process=process, cv=cfg.cv, seed=cfg.seed)
+  out = []
+  for s in specs:
+    prompt = min(s.prompt_tokens, cfg.max_prompt_tokens or s.prompt_tokens, max_context - 1)
+    output = min(s.output_tokens, cfg.max_output_tokens or s.output_tokens, max_context - prompt)
+    out.append(dataclasses.replace(s, prompt_tokens=prompt, output_tokens=output))
+  return out
