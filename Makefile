@@ -1,17 +1,20 @@
-# Two commands: `make generate` (the main job on its default config) and `make test`.
+# Two commands: `make serve` (the main job on its default config) and `make test`.
 # Both create .venv on first use and install the package into it.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test generate bench clean
+.PHONY: serve test generate bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+serve: $(STAMP)
+	$(PY) scripts/serve.py --config configs/split.py --output_dir runs/split
 
 test: $(STAMP)
 	$(PY) -m pytest tests
