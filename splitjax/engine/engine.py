@@ -7,6 +7,12 @@ The contract, in the spirit of JetStream's engine API:
   state  = engine.insert(prefix, state, row, slot)        # KV row -> decode slot (donated)
   state, tokens_B = engine.decode(params, state, key)     # one step (donated)
 
+Co-located chunked prefill (Sarathi-style) fuses a decode step with prefill
+chunks filled into inactive slots (see ``splitjax.engine.chunked``):
+
+  chunks = engine.make_chunks([ChunkSpec(slot, tokens, start, last), ...])
+  state, tokens_B, first_P = engine.mixed_step(params, state, chunks, key)
+
 Every program is one ``jax.jit`` with explicit in/out shardings on this
 engine's mesh and static shapes from bounded buckets: prompt length and
 prefill batch are padded up to buckets; decode has one shape per engine
@@ -31,15 +37,13 @@ from jax.sharding import Mesh, NamedSharding
 
 from splitjax import mesh as mesh_lib
 from splitjax.config import ConfigError, EngineConfig, SamplingConfig
-from splitjax.engine.types import DecodeState, KVGroup, KVLayout, Prefix
+from splitjax.engine import chunked
+from splitjax.engine.chunked import ChunkBatch, ChunkSpec  # noqa: F401  (re-exported)
+from splitjax.engine.types import DecodeState, KVGroup, KVLayout, Prefix, PromptError
 from splitjax.model.attention import rope_tables
 from splitjax.model.llama import jnp_dtype
 from splitjax.model.params import ModelDefs, Params
 from splitjax.model.sampling import SamplingParams, sample
-
-
-class PromptError(ValueError):
-  """A prompt cannot be served (empty, too long, token id out of vocabulary)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +286,58 @@ class Engine:
                       jnp.where(active, tok, state.tokens_B), active, state.sampling)
     return (new, tok, logits) if with_logits else (new, tok)
 
+  # ------------------------------------------------------------------ mixed
+  def make_chunks(self, specs: list[ChunkSpec], batch_size: int | None = None) -> ChunkBatch:
+    """Validates and pads prefill chunks into a ChunkBatch [P, C]: C a prefill
+    bucket, P = ``batch_size`` or the next power of two (padding rows have
+    length 0). PromptError names a bad chunk (see chunked.make_chunk_batch)."""
+    return chunked.make_chunk_batch(specs, vocab_size=self.model.vocab_size,
+                                    num_slots=self.cfg.decode_slots,
+                                    max_cache_len=self.max_cache_len,
+                                    buckets=self.cfg.prefill_buckets, batch_size=batch_size)
+
+  def mixed_step(self, params: Params, state: DecodeState, chunks: ChunkBatch, key: jax.Array
+                 ) -> tuple[DecodeState, jax.Array, jax.Array]:
+    """One decode step for every active slot fused with prefill chunks; ``state`` is donated.
+
+    Active slots: exactly :meth:`decode`. Chunk row p writes the KV of its
+    ``lengths_P[p]`` tokens at positions [start, start + len) of slot
+    ``slots_P[p]`` (each attending causally over the slot's earlier positions)
+    and sets the slot's length to start + len; a last chunk samples the first
+    token from its last position with its own sampling parameters (one
+    ``sample`` over decode and chunk rows with ``key``) and activates the slot.
+    Chunk slots must be inactive at entry and a later chunk must start at
+    the slot's length (where the previous chunk left it). Dense projections
+    run once over all slots + P*C tokens. One program per (P, C).
+    Returns (new state, int32 tokens_B [slots] as in decode, int32 first_P [P],
+    meaningful for last chunks only).
+    """
+    args = (chunks.tokens_PC, chunks.slots_P, chunks.starts_P, chunks.lengths_P, chunks.last_P,
+            chunks.sampling)
+    return self._program(_Prog.MIXED, params, *chunks.shape)(params, state, *args, key)
+
+  def _mixed_fn(self, params, state: DecodeState, tokens_PC, slots_P, starts_P, lengths_P,
+                last_P, sp_P, key):
+    b, (p, c) = state.tokens_B.shape[0], tokens_PC.shape
+    pos_B = state.lengths_B
+    pos_PC = starts_P[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+    valid_PC = jnp.arange(c)[None, :] < lengths_P[:, None]
+    x = self.defs.embed_mod(params.embed)(jnp.concatenate([state.tokens_B, tokens_PC.reshape(-1)]))
+    cos, sin = rope_tables(self.model, jnp.concatenate([pos_B, pos_PC.reshape(-1)]))
+    ks, vs = [], []
+    for layer, k, v in zip(params.layers, state.k, state.v):
+      x, k, v = self.defs.block_mod(layer).mixed(x, cos, sin, pos_B, k, v, slots_P, pos_PC,
+                                                 valid_PC, self.cfg.attention_chunk)
+      ks.append(k)
+      vs.append(v)
+    last_rows = b + jnp.arange(p) * c + jnp.maximum(lengths_P - 1, 0)
+    rows = jnp.concatenate([x[:b], x[last_rows]])
+    sp = jax.tree.map(lambda d, q: jnp.concatenate([d, q]), state.sampling, sp_P)
+    tok = sample(self.defs.logits(params, rows), key, sp)
+    new = chunked.advance_state(state, ks, vs, tok[:b], tok[b:],
+                                (slots_P, starts_P, lengths_P, last_P, sp_P))
+    return new, tok[:b], tok[b:]
+
   # ------------------------------------------------------------------ compile
   def _program(self, prog: "_Prog", params, *static):
     """The jitted program ``prog`` (built once per static arguments)."""
@@ -343,6 +399,13 @@ class Engine:
                    in_shardings=(self._params_sh(params), sh["state"], sh["rep"]),
                    out_shardings=outs, donate_argnums=1)
 
+  def _build_mixed(self, params, _p: int, _c: int):
+    sh, rep = self._shardings(), self.rep
+    return jax.jit(self._mixed_fn,
+                   in_shardings=(self._params_sh(params), sh["state"], rep, rep, rep, rep, rep,
+                                 sh["sp"], rep),
+                   out_shardings=(sh["state"], rep, rep), donate_argnums=1)
+
 
 class _Prog(enum.Enum):
   """The compiled programs of an Engine (value = builder suffix)."""
@@ -353,3 +416,4 @@ class _Prog(enum.Enum):
   INSERT = "insert"
   RELEASE = "release"
   DECODE = "decode"
+  MIXED = "mixed"

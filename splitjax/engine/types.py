@@ -14,6 +14,10 @@ import numpy as np
 from splitjax.model.sampling import SamplingParams
 
 
+class PromptError(ValueError):
+  """A prompt cannot be served (empty, too long, token id out of vocabulary)."""
+
+
 class KVLayoutError(ValueError):
   """A KV prefix does not match the layout the receiving engine expects."""
 

@@ -112,3 +112,71 @@ def decode_attention(q_BKGH: jax.Array, kT_BKHS: jax.Array, v_BKSH: jax.Array,
   o = jnp.einsum("bkgs,bksh->bkgh", e.astype(v_BKSH.dtype), v_BKSH,
                  preferred_element_type=jnp.float32)
   return (o / jnp.sum(e, axis=-1)[..., None]).astype(q_BKGH.dtype)
+
+
+def _online_step(carry, s, v_tile, spec: str):
+  """Folds one key tile into an online softmax. ``s``: float32 scores
+  [..., Q, S'] (masked with _NEG_INF), ``v_tile`` its values, ``spec`` the
+  einsum of probabilities x values. carry = (m, l, acc) float32, or None to
+  start (the first tile must leave every query an unmasked key)."""
+  m = None if carry is None else carry[0]
+  m_new = jnp.max(s, axis=-1) if m is None else jnp.maximum(m, jnp.max(s, axis=-1))
+  e = jnp.exp(s - m_new[..., None])
+  pv = jnp.einsum(spec, e.astype(v_tile.dtype), v_tile, preferred_element_type=jnp.float32)
+  if carry is None:
+    return m_new, jnp.sum(e, axis=-1), pv
+  alpha = jnp.exp(m - m_new)
+  return m_new, carry[1] * alpha + jnp.sum(e, axis=-1), carry[2] * alpha[..., None] + pv
+
+
+def chunk_attention(q_PKGCH: jax.Array, k_PKCH: jax.Array, v_PKCH: jax.Array,
+                    kT_BKHS: jax.Array, v_BKSH: jax.Array, slots_P: jax.Array,
+                    start_P: jax.Array, chunk: int) -> jax.Array:
+  """Prefill chunks continuing prompts cached in decode slots; returns [P, K, G, C, H].
+
+  Chunk p's C queries sit at positions start_P[p] + [0, C). Each attends
+  causally over the chunk's own keys k_PKCH / v_PKCH (right padding needs
+  no mask, as in causal_prefill_attention) and over all positions
+  < start_P[p] of decode slot slots_P[p] of the cache (keys transposed
+  [B, K, H, S], values [B, K, S, H]). Online softmax over tiles of ``chunk``
+  positions: the chunk's own tiles first (each query sees at least itself),
+  then a loop over the ceil(max(start_P) / chunk) cache tiles holding any
+  earlier position, so a first chunk never reads the cache and later ones
+  read only the live prefix (a masked last tile is clamped to end at S).
+  """
+  _, kh, _, c, h = q_PKGCH.shape
+  s_len = kT_BKHS.shape[3]
+  tile = min(chunk, s_len)
+  q_PKGCH = q_PKGCH * jnp.asarray(h ** -0.5, q_PKGCH.dtype)
+
+  def take(cache, start, size):   # each chunk's slot's tile of ``cache``
+    return jax.vmap(lambda slot: jax.lax.dynamic_slice(cache, start(slot), size)[0])(slots_P)
+
+  def cache_tile(t, carry, q):
+    t0 = t * tile
+    at = jnp.minimum(t0, s_len - tile)         # dynamic_slice would clamp the same way
+    kt = take(kT_BKHS, lambda slot: (slot, 0, 0, at), (1, kh, h, tile))   # [P, K, H, tile]
+    vt = take(v_BKSH, lambda slot: (slot, 0, at, 0), (1, kh, tile, h))    # [P, K, tile, H]
+    pos = at + jnp.arange(tile)
+    live = (pos[None, :] >= t0) & (pos[None, :] < start_P[:, None])       # [P, tile]
+    sc = jnp.einsum("pkgqh,pkhs->pkgqs", q, kt, preferred_element_type=jnp.float32)
+    sc = jnp.where(live[:, None, None, None, :], sc, _NEG_INF)
+    return _online_step(carry, sc, vt, "pkgqs,pksh->pkgqh")
+
+  n_tiles = (jnp.max(start_P) + tile - 1) // tile
+  outs = []
+  for qs in range(0, c, chunk):
+    qe = min(qs + chunk, c)
+    q = q_PKGCH[:, :, :, qs:qe]
+    carry = None
+    for ks in range(0, qe, chunk):
+      ke = min(ks + chunk, qe)
+      sc = jnp.einsum("pkgqh,pksh->pkgqs", q, k_PKCH[:, :, ks:ke],
+                      preferred_element_type=jnp.float32)
+      if ke > qs:  # the diagonal block: mask keys after each query
+        causal = (qs + jnp.arange(qe - qs))[:, None] >= (ks + jnp.arange(ke - ks))[None, :]
+        sc = jnp.where(causal, sc, _NEG_INF)
+      carry = _online_step(carry, sc, v_PKCH[:, :, ks:ke], "pkgqs,pksh->pkgqh")
+    _, l, acc = jax.lax.fori_loop(0, n_tiles, lambda t, cr, q=q: cache_tile(t, cr, q), carry)
+    outs.append((acc / l[..., None]).astype(q_PKGCH.dtype))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)

@@ -128,13 +128,57 @@ class Block(nnx.Module):
     """
     b = x_BD.shape[0]
     q, k, v = self._qkv(x_BD, cos_BH, sin_BH)  # q [B,K,G,H], k/v [B,K,H]
-    for row in range(b):
-      kT_BKHS = jax.lax.dynamic_update_slice(
-          kT_BKHS, k[row, :, :, None].astype(kT_BKHS.dtype)[None], (row, 0, 0, pos_B[row]))
-      v_BKSH = jax.lax.dynamic_update_slice(
-          v_BKSH, v[row, :, None].astype(v_BKSH.dtype)[None], (row, 0, pos_B[row], 0))
+    kT_BKHS, v_BKSH = _write_rows(kT_BKHS, v_BKSH, k, v, pos_B)
     o = attention.decode_attention(q, kT_BKHS, v_BKSH, pos_B + 1)
     return self._finish(x_BD, o.reshape(b, self.cfg.q_size)), kT_BKHS, v_BKSH
+
+  def mixed(self, x_ND: jax.Array, cos_NH: jax.Array, sin_NH: jax.Array, pos_B: jax.Array,
+            kT_BKHS: jax.Array, v_BKSH: jax.Array, slots_P: jax.Array, pos_PC: jax.Array,
+            valid_PC: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One decode token per slot plus P prefill chunks of C tokens, in one layer.
+
+    x_ND: N = B + P*C rows: the B slots' decode tokens, then the chunks'
+    tokens (row-major); the dense projections run once over all N rows.
+    pos_B: int32 decode write positions (as in :meth:`decode`); slots_P:
+    int32 slot each chunk fills; pos_PC: int32 position of each chunk token;
+    valid_PC: bool, the token is real (not padding).
+    Every slot first writes its decode token at pos_B (exactly as decode),
+    then the valid chunk tokens are scattered into their slots (invalid ones
+    dropped), so a chunk overrides the garbage write of its inactive slot at
+    the same position. Decode rows then attend as in decode; chunk token
+    (p, c) attends over its slot's positions <= pos_PC[p, c] (the chunk's own
+    keys as just computed, earlier positions from the cache; see
+    attention.chunk_attention, tiles of ``chunk``). Chunk positions must be
+    consecutive from pos_PC[p, 0] = the number of positions already cached.
+    Returns (x_ND, kT_BKHS, v_BKSH); callers donate the caches.
+    """
+    b, s = kT_BKHS.shape[0], kT_BKHS.shape[3]
+    p, c = pos_PC.shape
+    q, k, v = self._qkv(x_ND, cos_NH, sin_NH)  # q [N,K,G,H], k/v [N,K,H]
+    kT_BKHS, v_BKSH = _write_rows(kT_BKHS, v_BKSH, k[:b], v[:b], pos_B)
+    slot_T = jnp.broadcast_to(slots_P[:, None], (p, c)).reshape(-1)
+    pos_T = jnp.where(valid_PC, pos_PC, s).reshape(-1)        # s: out of range -> dropped
+    kT_BKHS = kT_BKHS.at[slot_T, :, :, pos_T].set(k[b:].astype(kT_BKHS.dtype), mode="drop")
+    v_BKSH = v_BKSH.at[slot_T, :, pos_T, :].set(v[b:].astype(v_BKSH.dtype), mode="drop")
+    o_dec = attention.decode_attention(q[:b], kT_BKHS, v_BKSH, pos_B + 1)
+    q_PKGCH = q[b:].reshape(p, c, *q.shape[1:]).transpose(0, 2, 3, 1, 4)
+    k_PKCH, v_PKCH = (a[b:].reshape(p, c, *a.shape[1:]).transpose(0, 2, 1, 3) for a in (k, v))
+    o_chk = attention.chunk_attention(q_PKGCH, k_PKCH, v_PKCH, kT_BKHS, v_BKSH, slots_P,
+                                      pos_PC[:, 0], chunk)
+    o = jnp.concatenate([o_dec.reshape(b, -1), o_chk.transpose(0, 3, 1, 2, 4).reshape(p * c, -1)])
+    return self._finish(x_ND, o), kT_BKHS, v_BKSH
+
+
+def _write_rows(kT_BKHS: jax.Array, v_BKSH: jax.Array, k_BKH: jax.Array, v_BKH: jax.Array,
+                pos_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Writes row b's K/V [K, H] at position pos_B[b] of cache row b: one
+  in-place dynamic_update_slice per row (the decode hot path)."""
+  for row in range(k_BKH.shape[0]):
+    kT_BKHS = jax.lax.dynamic_update_slice(
+        kT_BKHS, k_BKH[row, :, :, None].astype(kT_BKHS.dtype)[None], (row, 0, 0, pos_B[row]))
+    v_BKSH = jax.lax.dynamic_update_slice(
+        v_BKSH, v_BKH[row, :, None].astype(v_BKSH.dtype)[None], (row, 0, pos_B[row], 0))
+  return kT_BKHS, v_BKSH
 
 
 class Head(nnx.Module):
