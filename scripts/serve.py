@@ -3,8 +3,9 @@
   python scripts/serve.py --config configs/split.py --output_dir runs/split
   python scripts/serve.py --config configs/colocated.py --config.workload.rate_scale=2
 
-Writes DIR/summary.json, DIR/requests.csv (one row per request), DIR/timeline.csv
-(pool occupancy over time) and DIR/config.json, and prints a table.
+Writes DIR/summary.json, DIR/requests.csv (one row per request), DIR/token_times.jsonl
+(every token's time per request), DIR/timeline.csv (pool occupancy over time) and
+DIR/config.json, and prints a table.
 ``--checkpoint DIR`` loads a Hugging Face Llama or splitjax checkpoint; without it the
 config's preset gets random weights (prompts are random ids, outputs forced to the
 trace's lengths, as in the Splitwise paper).
@@ -29,6 +30,9 @@ _DEVICES = flags.DEFINE_integer("num_cpu_devices", 8, "Virtual CPU devices (CPU 
 _WARMUP = flags.DEFINE_bool("warmup", True, "Compile the workload's programs before the clock "
                             "starts.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", cli.repo_path(".cache", "jax"),
+                             "Persistent XLA compilation cache ('' to disable): a re-run "
+                             "skips compiling.")
 
 
 class Progress:
@@ -76,11 +80,13 @@ def print_table(d: dict) -> None:
 def main(argv):
   del argv
   cli.use_cpu_devices(_DEVICES.value)
+  if _CACHE.value:
+    cli.use_compilation_cache(_CACHE.value)
   import dataclasses
 
   from splitjax import workload
   from splitjax.config import ConfigError, from_config_dict, to_plain_dict
-  from splitjax.metrics import write_requests_csv, write_timeline_csv
+  from splitjax.metrics import write_requests_csv, write_timeline_csv, write_token_times_jsonl
   from splitjax.model.hf_import import CheckpointError
   from splitjax.model.loading import load_model
   from splitjax.runtime.cluster import Cluster, instance_mesh_configs
@@ -116,8 +122,9 @@ def main(argv):
   (out / "config.json").write_text(json.dumps(to_plain_dict(cfg), indent=2))
   write_requests_csv(result.records, out / "requests.csv")
   write_timeline_csv(result.timeline, out / "timeline.csv")
+  write_token_times_jsonl(result.records, out / "token_times.jsonl")
   print_table(summary)
-  print(f"wrote {out}/summary.json, requests.csv, timeline.csv, config.json")
+  print(f"wrote {out}/summary.json, requests.csv, token_times.jsonl, timeline.csv, config.json")
   return 0
 
 

@@ -14,6 +14,15 @@ def use_cpu_devices(n: int) -> None:
   jax.config.update("jax_num_cpu_devices", n)
 
 
+def use_compilation_cache(path: str) -> None:
+  """Persists compiled programs under ``path`` (any backend), so a second run
+  with the same shapes and devices loads them instead of compiling."""
+  import jax
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def parse_ids(text: str, what: str = "--prompt_ids") -> list[int]:
   """'1,2,3' -> [1, 2, 3]; raises ValueError naming the bad item."""
   if not text.strip():

@@ -169,6 +169,16 @@ def write_requests_csv(records: Sequence[RequestRecord], path: str | os.PathLike
                   r.preemptions])
 
 
+def write_token_times_jsonl(records: Sequence[RequestRecord], path: str | os.PathLike) -> None:
+  """One JSON line per request: ``{"request_id", "arrival_s", "token_times_s": [...]}``
+  (absolute seconds on the run's clock; every emitted token)."""
+  import json
+  with open(path, "w") as f:
+    for r in records:
+      f.write(json.dumps({"request_id": r.request_id, "arrival_s": r.arrival_s,
+                          "token_times_s": r.token_times_s}) + "\n")
+
+
 def _cell(x: float | None) -> str:
   return "" if x is None else repr(x)
 

@@ -71,7 +71,7 @@ def causal_prefill_attention(q_BKGTH: jax.Array, k_BKTH: jax.Array, v_BKTH: jax.
   for qs in range(0, t, chunk):
     qe = min(qs + chunk, t)
     q = q_BKGTH[:, :, :, qs:qe]
-    m = l = acc = None
+    carry = None
     for ks in range(0, qe, chunk):
       ke = min(ks + chunk, qe)
       s = jnp.einsum("bkgqh,bksh->bkgqs", q, k_BKTH[:, :, ks:ke],
@@ -79,17 +79,8 @@ def causal_prefill_attention(q_BKGTH: jax.Array, k_BKTH: jax.Array, v_BKTH: jax.
       if ke > qs:  # the diagonal block: mask keys after each query
         causal = (qs + jnp.arange(qe - qs))[:, None] >= (ks + jnp.arange(ke - ks))[None, :]
         s = jnp.where(causal, s, _NEG_INF)
-      m_new = jnp.max(s, axis=-1) if m is None else jnp.maximum(m, jnp.max(s, axis=-1))
-      e = jnp.exp(s - m_new[..., None])
-      pv = jnp.einsum("bkgqs,bksh->bkgqh", e.astype(v_BKTH.dtype), v_BKTH[:, :, ks:ke],
-                      preferred_element_type=jnp.float32)
-      if m is None:
-        l, acc = jnp.sum(e, axis=-1), pv
-      else:
-        alpha = jnp.exp(m - m_new)
-        l = l * alpha + jnp.sum(e, axis=-1)
-        acc = acc * alpha[..., None] + pv
-      m = m_new
+      carry = _online_step(carry, s, v_BKTH[:, :, ks:ke], "bkgqs,bksh->bkgqh")
+    _, l, acc = carry
     outs.append((acc / l[..., None]).astype(q_BKGTH.dtype))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
 

@@ -135,15 +135,12 @@ class Cluster:
     return len(buckets), time.perf_counter() - t0
 
   def _batch_sizes(self, t: int) -> list[int]:
+    """Padded prefill batch sizes warmed for prompts of bucket ``t``: powers of
+    two up to 4 that the token budget allows (larger batches are rare with
+    trace-like lengths and compile on first use)."""
     s = self.cfg.scheduler
-    most = max(1, min(s.max_prefill_batch, 2 * s.prompt_token_budget // t))
-    sizes, b = [], 1
-    while b <= most:
-      sizes.append(b)
-      b *= 2
-    if sizes[-1] < most:
-      sizes.append(b)
-    return sizes
+    most = max(1, min(4, s.max_prefill_batch, s.prompt_token_budget // t))
+    return [b for b in (1, 2, 4) if b <= most]
 
   def _warm_prefill(self, rep: Replica, t: int, dsts: list[Replica]) -> None:
     eng = rep.engine

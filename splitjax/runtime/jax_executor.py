@@ -9,8 +9,12 @@ of all instances run concurrently.
 
 KV moves per request: its row of the prefill output is sliced on the prompt
 mesh group by group and ``device_put`` to its token instance's mesh in the
-canonical layout (``transfer.to_engine``), layer-wise during the prefill for
-long prompts or after it, per the cluster's ``TransferMode``.
+canonical layout (``transfer.to_engine``). The copies are dispatched with the
+prefill, so each starts as soon as its data exists, without waiting for the
+host to notice: with a layer-wise prefill (a chain of layer-group programs,
+chosen per the cluster's ``TransferMode``) a group's copy overlaps the later
+groups; with a single-program prefill all copies start when it ends
+(serialized).
 """
 
 from __future__ import annotations
@@ -81,7 +85,6 @@ class JaxExecutor:
     self.prompt_ids, self.mode, self.poll_s = prompt_ids, transfer_mode, poll_s
     self._flights: list[_Flight] = []
     self._transfers: list[_Transfer] = []
-    self._serialized: list[tuple[_Flight, Request]] = []   # copy after the prefill
     self._failed: list[Event] = []
 
   @property
@@ -118,11 +121,8 @@ class JaxExecutor:
         rep.slot_of[r.request_id] = r.slot
     first = prefix.first_token_B
     flight = _Flight(work, first, lambda: _by_row(np.asarray(first), rows), prefix, rows)
-    for r in work.transfers:
-      if layerwise:
-        self._start_transfer(flight, r)
-      else:
-        self._serialized.append((flight, r))
+    for r in work.transfers:   # dispatched now; each copy starts when its data is ready
+      self._start_transfer(flight, r)
     return flight
 
   def _start_transfer(self, flight: _Flight, r: Request) -> None:
@@ -164,9 +164,6 @@ class JaxExecutor:
     for f in self._flights:
       if f.ready.is_ready():
         events.append(WorkDone(f.work, now, f.read()))
-        for pending in [p for p in self._serialized if p[0] is f]:
-          self._serialized.remove(pending)
-          self._start_transfer(f, pending[1])
       else:
         still.append(f)
     self._flights = still

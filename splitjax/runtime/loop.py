@@ -65,6 +65,7 @@ class _Run:
     self.requests: dict[int, Request] = {}
     self.timeline: list[PoolSample] = []
     self.next_sample = 0.0
+    self.ended = 0              # requests completed, failed or rejected so far
 
   def admit_arrivals(self, now: float) -> None:
     while self.arrivals and self.arrivals[0].arrival_s <= now:
@@ -77,6 +78,7 @@ class _Run:
         rec.prompt_instance, rec.token_instance = r.prompt_instance, r.token_instance
       else:
         rec.finish(RequestStatus.REJECTED, reason)
+        self.ended += 1
 
   def apply(self, events) -> None:
     for ev in events:
@@ -125,6 +127,7 @@ class _Run:
     rec = self.records[r.request_id]
     rec.preemptions = r.preemptions
     rec.finish(status, reason)
+    self.ended += 1
     self.ex.release(r)
     self.requests.pop(r.request_id, None)
 
@@ -179,11 +182,9 @@ def replay(coord: Coordinator, executor: Executor, specs: Sequence[RequestSpec],
     coord.rebalance()
     launched = run.launch(now)
     run.sample(now)
-    if progress is not None:
-      n = sum(r.status != RequestStatus.PENDING for r in run.records.values())
-      if n != ended:
-        ended = n
-        progress(n, total)
+    if progress is not None and run.ended != ended:
+      ended = run.ended
+      progress(ended, total)
     if not executor.busy and not launched:
       if not run.arrivals and coord.idle:
         break

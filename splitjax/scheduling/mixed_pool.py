@@ -2,8 +2,9 @@
 
 When the prompt pool's mean pending prompt tokens per instance passes
 ``borrow_prompt_tokens``, the least-loaded token instance joins the mixed
-pool; when the token pool's KV (in use + reserved) passes
-``borrow_kv_fraction`` of its capacity, the least-loaded prompt instance does.
+pool; when the token pool's mean ``Instance.token_pressure`` (KV in use + reserved
+over capacity, or decode slots if tighter) passes ``borrow_kv_fraction``, the
+least-loaded prompt instance does.
 A mixed instance runs both phases (see ``steps.MixedStep``). Once the pressure
 that borrowed it is gone it takes no new work of the foreign phase, and it
 returns to its home pool when that work has drained. Each home pool always
@@ -40,8 +41,7 @@ class MixedPool:
 
   def token_pressure(self, instances: Sequence[Instance]) -> bool:
     pool = [i for i in instances if i.role == Role.TOKEN]
-    capacity = sum(i.kv.total_blocks * i.kv.block_tokens for i in pool)
-    return capacity > 0 and sum(i.token_load for i in pool) / capacity > self.kv_limit
+    return bool(pool) and sum(i.token_pressure for i in pool) / len(pool) > self.kv_limit
 
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
     """Returns drained instances home, then borrows at most one per pool."""

@@ -119,6 +119,21 @@ class Instance:
     return self.kv.used_tokens + self.reserved_tokens
 
   @property
+  def token_pressure(self) -> float:
+    """How full the decode side is, 0..1+: the larger of KV (in use + reserved)
+    over capacity and requests (decoding + reserved) over decode slots. Slots
+    bind first with short requests on a dense per-slot cache, KV with long
+    ones on a paged one; comparing tokens alone would send work to an
+    instance whose slots are all taken."""
+    kv = self.token_load / (self.kv.total_blocks * self.kv.block_tokens)
+    return max(kv, (len(self.decoding) + len(self.incoming)) / self.decode_slots)
+
+  @property
+  def outstanding(self) -> int:
+    """Requests routed here and not finished (queued, prefilling, decoding)."""
+    return len(self.incoming) + len(self.prefilling) + len(self.decoding)
+
+  @property
   def takes_prompts(self) -> bool:
     if self.role == Role.MIXED:
       return not (self.returning and self.home == Role.TOKEN)

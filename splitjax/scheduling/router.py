@@ -31,24 +31,27 @@ class JSQRouter:
   (Splitwise's cluster scheduler).
 
   Prompt instances (prompt pool + mixed pool) are compared by pending prompt
-  tokens, token instances (token pool + mixed pool) by KV tokens in use plus
-  reserved; ties go to the first by name.
+  tokens, token instances (token pool + mixed pool) by KV in use plus reserved
+  (``Instance.token_pressure``: as a fraction of capacity, with decode slots
+  counted when they are the tighter limit); ties go to the first by name.
   """
 
   def route(self, request: Request, instances: Sequence[Instance]) -> tuple[Instance, Instance]:
     prompts = [i for i in instances if i.takes_prompts]
     if not prompts:
       raise NoInstanceError("no instance takes prompts")
-    token = min(_token_candidates(request, instances), key=lambda i: (i.token_load, i.name))
+    token = min(_token_candidates(request, instances),
+                key=lambda i: (i.token_pressure, i.token_load, i.name))
     prompt = min(prompts, key=lambda i: (i.pending_prompt_tokens, i.name))
     return prompt, token
 
 
 class ColocatedJSQRouter:
-  """Both phases on one instance: the one with the fewest pending prompt
-  tokens plus KV tokens in use and reserved."""
+  """Both phases on one instance: the one with the fewest outstanding requests
+  (least-outstanding-requests balancing, as in front of vLLM replicas), then
+  the fewest pending prompt tokens."""
 
   def route(self, request: Request, instances: Sequence[Instance]) -> tuple[Instance, Instance]:
     inst = min(_token_candidates(request, instances),
-               key=lambda i: (i.pending_prompt_tokens + i.token_load, i.name))
+               key=lambda i: (i.outstanding, i.pending_prompt_tokens, i.name))
     return inst, inst

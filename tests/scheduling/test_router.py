@@ -21,7 +21,8 @@ def test_jsq_picks_least_loaded(prompt_loads, token_loads):
       t.kv.allocate(-1, load)
   p, t = JSQRouter().route(req(0, 10, 10), prompts + tokens)
   assert p.pending_prompt_tokens == min(i.pending_prompt_tokens for i in prompts)
-  assert t.token_load == min(i.token_load for i in tokens)
+  assert t.token_load == min(i.token_load for i in tokens)   # same capacity: same order
+  assert t.token_pressure == min(i.token_pressure for i in tokens)
   assert p.role == Role.PROMPT and t.role == Role.TOKEN
 
 
@@ -50,8 +51,23 @@ def test_router_respects_slot_length_and_mixed_pool():
   assert chosen_p is p
 
 
-def test_colocated_router_uses_one_instance():
+def test_token_router_counts_slots_when_they_bind_first():
+  few_long, many_short = inst("a", Role.TOKEN, slots=4), inst("b", Role.TOKEN, slots=4)
+  few_long.kv.allocate(1, 2000)                       # half the KV, one slot of four
+  for i in range(4):                                  # little KV, every slot taken
+    many_short.incoming[i] = req(i, 10, 10)
+  assert many_short.token_load < few_long.token_load
+  _, t = JSQRouter().route(req(9, 10, 10), [inst("p", Role.PROMPT), few_long, many_short])
+  assert t is few_long
+
+
+def test_colocated_router_uses_one_instance_least_outstanding():
   a, b = inst("a", Role.COLOCATED), inst("b", Role.COLOCATED)
   a.prompt_queue.append(req(7, 300, 1))
+  a.incoming[7] = a.prompt_queue[0]
   p, t = ColocatedJSQRouter().route(req(0, 10, 10), [a, b])
   assert p is t is b
+  for i in range(2):                                  # b: two short requests decoding
+    b.decoding[10 + i] = req(10 + i, 5, 5)
+  p, _ = ColocatedJSQRouter().route(req(1, 10, 10), [a, b])
+  assert p is a

@@ -49,6 +49,8 @@ def test_serve_writes_summary_and_one_row_per_request(tmp_path, config):
   assert [int(r["request_id"]) for r in rows] == list(range(5))
   assert [int(r["generated_tokens"]) for r in rows] == [3, 4, 1, 4, 2]   # capped at 4
   assert (out / "timeline.csv").read_text().startswith("t_s,")
+  times = [json.loads(line) for line in (out / "token_times.jsonl").read_text().splitlines()]
+  assert [len(t["token_times_s"]) for t in times] == [3, 4, 1, 4, 2]
   assert "TTFT" in proc.stdout and "requests: 5 submitted, 5 completed" in proc.stdout
 
 
