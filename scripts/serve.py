@@ -72,6 +72,10 @@ def print_table(d: dict) -> None:
         f"{o['queued_prompts']['max']}, decoding {o['decoding']['mean']:.1f} / "
         f"{o['decoding']['max']}, KV used {o['kv_used_fraction']['mean']:.0%} / "
         f"{o['kv_used_fraction']['max']:.0%}, busy instances {o['busy_instances']['mean']:.1f}")
+  c = d["compiled_during_run"]
+  if c["programs"]:
+    print(f"note: {c['programs']} programs compiled during the run ({c['seconds']:.1f} s of "
+          "stalls inside the latencies); a re-run loads them from the compilation cache")
   m = d["mixed_pool"]
   print(f"mixed pool: {m['borrowings']} borrowings, {m['returns']} returns, "
         f"mean mixed instances {o['mixed_instances']['mean']:.2f}; preemptions {d['preemptions']}")

@@ -83,8 +83,11 @@ class Cluster:
     coord = Coordinator(self._instances(), make_policies(self.cfg.scheduler),
                         self.max_prompt_tokens)
     executor = JaxExecutor(self._replicas(), prompt_ids, self.cfg.cluster.transfer)
-    return replay(coord, executor, specs, WallClock(), sample_every_s=self.cfg.sample_every_s,
-                  progress=progress)
+    with _CompileCounter() as compiled:
+      result = replay(coord, executor, specs, WallClock(),
+                      sample_every_s=self.cfg.sample_every_s, progress=progress)
+    result.compiles, result.compile_s = compiled.count, compiled.seconds
+    return result
 
   def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy ``max_new_tokens`` tokens for every prompt (all arrive at once).
@@ -161,13 +164,32 @@ class Cluster:
     eng, budget = rep.engine, self.cfg.scheduler.chunk_token_budget
     sizes = [b for b in self.cfg.engine.prefill_buckets if b <= budget] or [budget]
     for c in sizes:
-      for p in (1, 2):
+      for p in (1, 2, 4):
         specs = [ChunkSpec(slot=i, tokens=[0] * c, start=0, last=False) for i in range(p)]
         rep.state, _, first = eng.mixed_step(rep.params, rep.state, eng.make_chunks(specs),
                                              rep.next_key())
         jax.block_until_ready(first)
-    for i in range(2):
+    for i in range(4):
       rep.state = eng.release(rep.state, i)
+
+
+class _CompileCounter:
+  """Counts XLA compilations (and their seconds) while the block runs, via
+  ``jax.monitoring`` (persistent-cache hits are not compilations)."""
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __enter__(self):
+    self.count, self.seconds = 0, 0.0
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+  def _on_event(self, event: str, duration: float, **_):
+    if event == self.EVENT:
+      self.count += 1
+      self.seconds += duration
 
 
 def instance_mesh_configs(cfg: ServeConfig) -> list[MeshConfig]:

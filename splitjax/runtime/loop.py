@@ -33,6 +33,10 @@ class RunResult:
   summary: Summary
   timeline: list[PoolSample]
   role_changes: list[RoleChange]
+  # Programs compiled while the clock ran (each stalls the loop), and their
+  # seconds; filled by drivers that compile (runtime.Cluster).
+  compiles: int = 0
+  compile_s: float = 0.0
 
   def to_dict(self) -> dict:
     """summary.json: :meth:`Summary.to_dict` plus occupancy and mixed-pool counts."""
@@ -47,6 +51,7 @@ class RunResult:
         "borrowings": sum(c.new == Role.MIXED for c in self.role_changes),
         "returns": sum(c.old == Role.MIXED for c in self.role_changes)}
     d["preemptions"] = sum(r.preemptions for r in self.records)
+    d["compiled_during_run"] = {"programs": self.compiles, "seconds": self.compile_s}
     return d
 
 
