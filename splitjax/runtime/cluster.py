@@ -124,14 +124,11 @@ class Cluster:
     split = s.policy == ClusterPolicy.SPLIT
     tokens = [r for r, role in zip(replicas, self.roles) if role == Role.TOKEN]
     for rep, role in zip(replicas, self.roles):
-      prefills = role != Role.TOKEN or s.mixed_pool
       if s.policy == ClusterPolicy.COLOCATED_CHUNKED:
         self._warm_chunks(rep)
-      elif prefills:
+      elif role != Role.TOKEN or s.mixed_pool:     # mixed-pool token instances prefill too
         for t in buckets:
           self._warm_prefill(rep, t, tokens if split else [rep])
-      if split and s.mixed_pool and role == Role.TOKEN:
-        self._warm_prefill(rep, buckets[0], [rep]) if buckets else None
       rep.state, tok = rep.engine.decode(rep.params, rep.state, rep.next_key())
       rep.state = rep.engine.release(rep.state, 0)
     jax.block_until_ready([r.state for r in replicas])
@@ -147,8 +144,8 @@ class Cluster:
 
   def _warm_prefill(self, rep: Replica, t: int, dsts: list[Replica]) -> None:
     eng = rep.engine
-    layerwise_too = (dsts and dsts[0] is not rep and transfer.use_layerwise(
-        self.cfg.cluster.transfer, t, eng.cfg.layerwise_min_tokens))
+    layerwise_too = any(d is not rep for d in dsts) and transfer.use_layerwise(
+        self.cfg.cluster.transfer, t, eng.cfg.layerwise_min_tokens)
     for b in self._batch_sizes(t):
       batch = eng.make_batch([[0] * t] * b)
       for lw in ((False, True) if layerwise_too else (False,)):
