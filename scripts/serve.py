@@ -36,20 +36,25 @@ _CACHE = flags.DEFINE_string("compilation_cache_dir", cli.repo_path(".cache", "j
 
 
 class Progress:
-  """One self-overwriting line: requests ended / total, elapsed time."""
+  """Requests ended / total and elapsed time: one self-overwriting line on a
+  terminal, a line per 10% otherwise (logs, pipes)."""
 
   def __init__(self, enabled: bool):
     self.enabled, self.t0 = enabled, time.perf_counter()
+    self.tty, self.shown = sys.stderr.isatty(), -1
 
   def __call__(self, ended: int, total: int) -> None:
     if not self.enabled or total == 0:
       return
     width = 30
     fill = int(width * ended / total)
-    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {ended}/{total} requests "
-                     f"{time.perf_counter() - self.t0:6.1f}s")
-    if ended == total:
-      sys.stderr.write("\n")
+    line = (f"[{'#' * fill}{'.' * (width - fill)}] {ended}/{total} requests "
+            f"{time.perf_counter() - self.t0:6.1f}s")
+    if self.tty:
+      sys.stderr.write("\r" + line + ("\n" if ended == total else ""))
+    elif 10 * ended // total > self.shown:
+      self.shown = 10 * ended // total
+      sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
 
