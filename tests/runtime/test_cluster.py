@@ -91,3 +91,14 @@ def test_requests_that_cannot_fit_are_rejected_and_the_rest_finish(model, refere
   assert by_id[0].token_ids == reference[0] and by_id[2].token_ids == reference[1]
   d = result.to_dict()
   assert d["requests"]["submitted"] == 3 and d["requests"]["completed"] == 2
+
+
+def test_a_failing_batch_fails_its_requests_with_the_reason_and_the_run_goes_on(model, reference):
+  cluster = _cluster(model, "colocated")
+  specs = [RequestSpec(0, 0.0, 5, NEW), RequestSpec(1, 0.5, 3, NEW), RequestSpec(2, 1.0, 2, NEW)]
+  prompts = {0: PROMPTS[0], 1: [1, 2, 10**6], 2: PROMPTS[1]}    # request 1: id out of vocab
+  result = cluster.replay(specs, lambda r: prompts[r.request_id])
+  by_id = {r.request_id: r for r in result.records}
+  assert by_id[1].status == RequestStatus.FAILED and "out of vocabulary" in by_id[1].reason
+  assert by_id[0].token_ids == reference[0] and by_id[2].token_ids == reference[1]
+  assert result.summary.completed + result.summary.failed == 3
