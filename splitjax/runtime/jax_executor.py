@@ -80,7 +80,7 @@ class JaxExecutor:
   """
 
   def __init__(self, replicas: list[Replica], prompt_ids: Callable[[Request], list[int]],
-               transfer_mode: TransferMode = TransferMode.AUTO, poll_s: float = 0.0005):
+               transfer_mode: TransferMode = TransferMode.AUTO, poll_s: float = 0.002):
     self.replicas = {r.name: r for r in replicas}
     self.prompt_ids, self.mode, self.poll_s = prompt_ids, transfer_mode, poll_s
     self._flights: list[_Flight] = []
