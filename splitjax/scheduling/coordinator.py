@@ -76,9 +76,9 @@ def make_instances(roles: Sequence[Role], decode_slots: int, kv_capacity_tokens:
 
 @dataclasses.dataclass
 class Completion:
-  """What a finished Work did. ``emitted``: requests that got one more token
-  (in work order); ``finished``: requests now complete; ``transfers``:
-  requests whose KV must now reach their token instance."""
+  """What a finished Work did. ``emitted``: requests that got tokens (one, or
+  ``work.steps`` for decode rows; in work order); ``finished``: requests now
+  complete; ``transfers``: requests whose KV must now reach their token instance."""
   emitted: list[Request] = dataclasses.field(default_factory=list)
   finished: list[Request] = dataclasses.field(default_factory=list)
   transfers: list[Request] = dataclasses.field(default_factory=list)
@@ -148,7 +148,7 @@ class Coordinator:
         if c.last:
           self._prefilled(inst, c.request, out)
     for r in filter(live, work.decode):
-      r.generated += 1
+      r.generated += work.steps
       out.emitted.append(r)
       if r.done:
         del inst.decoding[r.request_id]

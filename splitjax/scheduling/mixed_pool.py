@@ -1,14 +1,22 @@
 """Splitwise's mixed pool: borrow instances across pools under pressure.
 
-When the prompt pool's mean pending prompt tokens per instance passes
-``borrow_prompt_tokens``, the least-loaded token instance joins the mixed
-pool; when the token pool's mean ``Instance.token_pressure`` (KV in use + reserved
-over capacity, or decode slots if tighter) passes ``borrow_kv_fraction``, the
-least-loaded prompt instance does.
-A mixed instance runs both phases (see ``steps.MixedStep``). Once the pressure
-that borrowed it is gone it takes no new work of the foreign phase, and it
-returns to its home pool when that work has drained. Each home pool always
-keeps at least one instance of its own.
+Prompt pressure is the mean pending prompt tokens per instance serving
+prompts (the prompt pool plus the mixed pool); token pressure is the mean
+``Instance.token_pressure`` (KV in use + reserved over capacity, or decode
+slots if tighter) of instances serving tokens (the token pool plus the mixed
+pool). While one passes its limit
+(``borrow_prompt_tokens`` / ``borrow_kv_fraction``), the least-loaded instance
+of the other pool joins the mixed pool and runs both phases (see
+``steps.MixedStep``); each home pool always keeps one instance of its own.
+At or below half the limit, borrowed instances take no new foreign work, and
+each goes home once that work has drained (if the pressure stays at or below
+half the limit without it).
+
+``rebalance`` is a function of the cluster state: it borrows and returns
+until nothing more changes, so calling it again without a state change does
+nothing. That makes the result independent of how often a driver calls it
+(the real runtime every poll, the simulator after every event, in stepping
+or leap mode alike).
 """
 
 from __future__ import annotations
@@ -34,34 +42,43 @@ class MixedPool:
       raise ValueError("borrow_prompt_tokens must be > 0 and borrow_kv_fraction in (0, 1]")
     self.prompt_limit, self.kv_limit = borrow_prompt_tokens, borrow_kv_fraction
 
-  def prompt_pressure(self, instances: Sequence[Instance]) -> bool:
-    pool = [i for i in instances if i.role == Role.PROMPT]
-    return bool(pool) and (sum(i.pending_prompt_tokens for i in pool) / len(pool)
-                           > self.prompt_limit)
+  def _pressure(self, lender: Role, serving: Sequence[Instance]) -> float:
+    """Pressure on the phase that instances of home ``lender`` are lent to."""
+    if not serving:
+      return 0.0
+    if lender == Role.TOKEN:
+      return sum(i.pending_prompt_tokens for i in serving) / len(serving) / self.prompt_limit
+    return sum(i.token_pressure for i in serving) / len(serving) / self.kv_limit
 
-  def token_pressure(self, instances: Sequence[Instance]) -> bool:
-    pool = [i for i in instances if i.role == Role.TOKEN]
-    return bool(pool) and sum(i.token_pressure for i in pool) / len(pool) > self.kv_limit
+  @staticmethod
+  def _serving(instances: Sequence[Instance], lender: Role, skip=None) -> list[Instance]:
+    """Instances serving the phase ``lender``'s instances are lent to: that
+    phase's own pool plus the whole mixed pool (which serves both phases)."""
+    own = Role.PROMPT if lender == Role.TOKEN else Role.TOKEN
+    return [i for i in instances if i is not skip and i.role in (own, Role.MIXED)]
 
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
-    """Returns drained instances home, then borrows at most one per pool."""
-    changes = []
-    pressure = {Role.TOKEN: self.prompt_pressure(instances),    # keyed by the lender's home
-                Role.PROMPT: self.token_pressure(instances)}
-    for inst in instances:
-      if inst.role != Role.MIXED:
-        continue
-      inst.returning = not pressure[inst.home]
-      if inst.returning and _drained(inst):
-        inst.role, inst.returning = inst.home, False
-        changes.append(RoleChange(inst.name, Role.MIXED, inst.home))
-    for home, key in ((Role.TOKEN, lambda i: (i.token_load, i.name)),
-                      (Role.PROMPT, lambda i: (i.pending_prompt_tokens, i.name))):
-      pool = [i for i in instances if i.role == home]
-      if pressure[home] and len(pool) > 1:
-        lender = min(pool, key=key)
-        lender.role = Role.MIXED
-        changes.append(RoleChange(lender.name, home, Role.MIXED))
+    """Borrows and returns until the state is a fixed point; returns the changes."""
+    changes: list[RoleChange] = []
+    for lender in (Role.TOKEN, Role.PROMPT):
+      key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN
+             else (lambda i: (i.pending_prompt_tokens, i.name)))
+      while self._pressure(lender, self._serving(instances, lender)) > 1.0:
+        pool = [i for i in instances if i.role == lender]
+        if len(pool) <= 1:
+          break
+        inst = min(pool, key=key)
+        inst.role = Role.MIXED
+        changes.append(RoleChange(inst.name, lender, Role.MIXED))
+      calm = self._pressure(lender, self._serving(instances, lender)) <= 0.5
+      for inst in instances:
+        if inst.role != Role.MIXED or inst.home != lender:
+          continue
+        inst.returning = calm
+        if (calm and _drained(inst) and
+            self._pressure(lender, self._serving(instances, lender, skip=inst)) <= 0.5):
+          inst.role, inst.returning = inst.home, False
+          changes.append(RoleChange(inst.name, Role.MIXED, inst.home))
     return changes
 
 

@@ -199,8 +199,11 @@ class Work:
   transfers: the subset of ``prefill`` whose KV must move to another instance.
   admitted: requests given a slot at the start of this step; their arrived KV
     must be inserted before decoding (DECODE / MIXED).
-  decode: requests that advance one token (DECODE / MIXED).
+  decode: requests that advance one token per step (DECODE / MIXED).
   chunks: prompt chunks (MIXED); a chunk's request holds its slot here.
+  steps: decode iterations this Work stands for. Only a simulator leaping over
+    iterations whose batch cannot change sets it above 1 (DECODE only, and
+    never past the first finishing request).
   """
   kind: WorkKind
   instance: Instance
@@ -210,6 +213,7 @@ class Work:
   decode: tuple = ()
   chunks: tuple = ()
   started_s: float = 0.0
+  steps: int = 1
 
   @property
   def prompt_tokens(self) -> int:

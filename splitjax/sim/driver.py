@@ -1,0 +1,199 @@
+"""Discrete-event cluster simulation driving the real scheduling policies (no jax).
+
+The same ``Coordinator`` (router, batchers, step policies, mixed pool) the real
+runtime uses, on a virtual clock: a heap of events (arrivals, finished works,
+landed KV transfers), and instances that ask a :class:`~splitjax.sim.perf_model.PerfModel`
+how long a batch takes instead of running it. Only the instances an event
+touches are asked for new work.
+
+Leap mode: a decode batch whose membership cannot change is advanced across
+many iterations in one event (each step's time still follows the perf model
+as contexts grow by one token per step), up to the first request that
+finishes. If an event touches a leaping instance (a prompt or KV arriving
+there, a role change) the leap is cut back to the iteration in progress, which
+is exactly where the stepping mode would next ask the policy. Stepping mode
+(``leap=False``) is the reference; tests check the two agree request by request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+from typing import Callable, Sequence
+
+from splitjax.metrics import RequestRecord, RequestStatus, summarize
+from splitjax.runtime.loop import RunResult, pool_sample
+from splitjax.scheduling.coordinator import Coordinator
+from splitjax.scheduling.records import Instance, Phase, Request, Work, WorkKind
+from splitjax.sim.perf_model import PerfModel
+from splitjax.workload import RequestSpec
+
+_ARRIVAL, _DONE, _LANDED = 0, 1, 2
+
+# (request, prompt instance, token instance, prefill seconds)
+#   -> (seconds from the prefill's end until the KV is usable, bytes moved)
+TransferTime = Callable[[Request, Instance, Instance, float], tuple[float, int]]
+
+
+@dataclasses.dataclass(eq=False)
+class _Running:
+  """A work in flight. ``ends``: end time of each planned step (one for
+  non-decode works); ``version`` invalidates a heap entry after a cut."""
+  work: Work
+  ends: list[float]
+  version: int = 0
+
+
+class Simulator:
+  """Runs a workload through ``coord`` on a virtual clock.
+
+  perf: instance name -> PerfModel. transfer: for a request moving between
+  two instances, the KV's exposed transfer seconds (after the prefill ends)
+  and bytes.
+  check_memory: assert after every event that no instance holds more KV than
+  it has (tests; costs time).
+  """
+
+  def __init__(self, coord: Coordinator, perf: dict[str, PerfModel], transfer: TransferTime,
+               *, leap: bool = True, check_memory: bool = False, sample_every_s: float = 1.0):
+    missing = [i.name for i in coord.instances if i.name not in perf]
+    if missing:
+      raise ValueError(f"no performance model for instances {missing}")
+    self.coord, self.perf, self.transfer = coord, perf, transfer
+    self.leap, self.check_memory, self.sample_every_s = leap, check_memory, sample_every_s
+    self._heap: list = []
+    self._seq = itertools.count()
+    self._running: dict[str, _Running] = {}
+    self.records: dict[int, RequestRecord] = {}
+    self.now = 0.0
+    self.events = 0            # events handled (stale leap ends excluded)
+
+  # ------------------------------------------------------------------ run
+  def run(self, specs: Sequence[RequestSpec]) -> RunResult:
+    for s in specs:
+      if s.request_id in self.records:
+        raise ValueError(f"duplicate request id {s.request_id}")
+      self.records[s.request_id] = RequestRecord(s.request_id, s.arrival_s, s.prompt_tokens,
+                                                 s.output_tokens)
+      self._push(s.arrival_s, _ARRIVAL, s)
+    timeline, next_sample = [], 0.0
+    while self._heap:
+      t, _, kind, obj, version = heapq.heappop(self._heap)
+      if kind == _DONE:
+        run = self._running.get(obj.instance.name)
+        if run is None or run.work is not obj or run.version != version:
+          continue                                  # superseded by a cut leap
+      self.now, self.events = t, self.events + 1
+      while next_sample <= t:
+        timeline.append(pool_sample(self.coord, next_sample))
+        next_sample += self.sample_every_s
+      touched = self._handle(kind, obj)
+      for inst in self._rebalanced() | touched:
+        self._kick(inst)
+      if self.check_memory:
+        for i in self.coord.instances:
+          assert i.kv.used_blocks <= i.kv.total_blocks, f"{i.name} over KV capacity at {t}"
+    self._fail_leftovers()
+    records = [self.records[k] for k in sorted(self.records)]
+    timeline.append(pool_sample(self.coord, self.now))
+    return RunResult(records, summarize(records, self.now), timeline,
+                     list(self.coord.role_changes))
+
+  def _push(self, t: float, kind: int, obj, version: int = 0) -> None:
+    heapq.heappush(self._heap, (t, next(self._seq), kind, obj, version))
+
+  # ------------------------------------------------------------------ events
+  def _handle(self, kind: int, obj) -> set:
+    by_name = self.coord.by_name
+    if kind == _ARRIVAL:
+      r = Request(obj.request_id, obj.arrival_s, obj.prompt_tokens, obj.output_tokens)
+      reason = self.coord.submit(r)
+      rec = self.records[r.request_id]
+      if reason is not None:
+        rec.finish(RequestStatus.REJECTED, reason)
+        return set()
+      rec.prompt_instance, rec.token_instance = r.prompt_instance, r.token_instance
+      return {by_name[r.prompt_instance], by_name[r.token_instance]}
+    if kind == _LANDED:
+      r = obj
+      rec = self.records[r.request_id]
+      rec.transfer_s = self.now - rec.token_times_s[0]
+      self.coord.transfer_done(r)
+      return {by_name[r.token_instance], by_name[r.prompt_instance]}
+    return self._done(obj)
+
+  def _done(self, work: Work) -> set:
+    inst = work.instance
+    ends = self._running.pop(inst.name).ends[:work.steps]
+    done = self.coord.complete(work)
+    decode_ids = {r.request_id for r in work.decode}
+    for r in done.emitted:
+      times = ends if r.request_id in decode_ids else ends[-1:]
+      self.records[r.request_id].token_times_s.extend(times)
+    touched = {inst}
+    for r in done.finished:
+      rec = self.records[r.request_id]
+      rec.preemptions = r.preemptions
+      rec.finish(RequestStatus.COMPLETED)
+    for r in done.transfers:
+      src, dst = inst, self.coord.by_name[r.token_instance]
+      seconds, nbytes = self.transfer(r, src, dst, ends[-1] - work.started_s)
+      self.records[r.request_id].transfer_bytes = nbytes
+      self._push(self.now + seconds, _LANDED, r)
+    return touched
+
+  def _rebalanced(self) -> set:
+    changes = self.coord.rebalance()
+    return {self.coord.by_name[c.instance] for c in changes}
+
+  # ------------------------------------------------------------------ work
+  def _kick(self, inst: Instance) -> None:
+    """Asks an idle instance for work; cuts a leap an event may have changed."""
+    run = self._running.get(inst.name)
+    if run is not None:
+      self._cut(run)
+      return
+    work = self.coord.next_work(inst, self.now)
+    if work is None:
+      return
+    for r in list(work.prefill) + [c.request for c in work.chunks if c.start == 0]:
+      self.records[r.request_id].scheduled_s = self.now
+    ends = self._plan(work)
+    work.steps = len(ends) if work.kind == WorkKind.DECODE else 1
+    run = self._running[inst.name] = _Running(work, ends)
+    self._push(ends[-1], _DONE, work, run.version)
+
+  def _plan(self, work: Work) -> list[float]:
+    perf = self.perf[work.instance.name]
+    if work.kind == WorkKind.PREFILL:
+      return [self.now + perf.prefill_time([r.prompt_tokens for r in work.prefill])]
+    ctx = [r.prompt_tokens + r.generated for r in work.decode]
+    if work.kind == WorkKind.MIXED:
+      chunks = [(c.start, c.end - c.start) for c in work.chunks]
+      return [self.now + perf.mixed_time(ctx, chunks)]
+    steps = min(r.output_tokens - r.generated for r in work.decode) if self.leap else 1
+    ends, t = [], self.now
+    for j in range(steps):
+      t += perf.decode_time([c + j for c in ctx])
+      ends.append(t)
+    return ends
+
+  def _cut(self, run: _Running) -> None:
+    """Shortens a leap to the step in progress (where stepping would re-plan)."""
+    work = run.work
+    if work.kind != WorkKind.DECODE or len(run.ends) == 1:
+      return
+    keep = next(j for j, e in enumerate(run.ends) if e >= self.now) + 1
+    if keep == len(run.ends):
+      return
+    del run.ends[keep:]
+    work.steps = keep
+    run.version += 1
+    self._push(run.ends[-1], _DONE, work, run.version)
+
+  def _fail_leftovers(self) -> None:
+    for r in list(self.coord.requests_in_flight()):
+      self.coord.fail(r, "could not be scheduled")
+      self.records[r.request_id].finish(
+          RequestStatus.FAILED, f"could not be scheduled (stuck in phase {r.phase.value})")
