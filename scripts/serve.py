@@ -58,34 +58,6 @@ class Progress:
     sys.stderr.flush()
 
 
-def print_table(d: dict) -> None:
-  r = d["requests"]
-  print(f"requests: {r['submitted']} submitted, {r['completed']} completed, "
-        f"{r['failed'] - r['rejected']} failed, {r['rejected']} rejected")
-  print(f"{'latency (s)':<14}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
-  for name, key in (("queue", "queue_s"), ("TTFT", "ttft_s"), ("TBT (mean)", "tbt_s"),
-                    ("ITL (each)", "itl_s"), ("E2E", "e2e_s")):
-    p = d[key]
-    print(f"{name:<14}" + "".join(f"{p[k]:>10.4f}" for k in ("p50", "p90", "p99", "mean")))
-  t, x = d["throughput"], d["transfer"]
-  print(f"throughput: {t['requests_per_s']:.2f} req/s, {t['output_tokens_per_s']:.1f} "
-        f"output tok/s over {d['wall_s']:.1f} s")
-  print(f"KV transfer: {x['bytes'] / 2**20:.1f} MiB, {x['seconds']:.3f} s exposed "
-        "(landed after the first token), summed over requests")
-  o = d["occupancy"]
-  print(f"occupancy (mean / max): queued prompts {o['queued_prompts']['mean']:.1f} / "
-        f"{o['queued_prompts']['max']}, decoding {o['decoding']['mean']:.1f} / "
-        f"{o['decoding']['max']}, KV used {o['kv_used_fraction']['mean']:.0%} / "
-        f"{o['kv_used_fraction']['max']:.0%}, busy instances {o['busy_instances']['mean']:.1f}")
-  c = d["compiled_during_run"]
-  if c["programs"]:
-    print(f"note: {c['programs']} programs compiled during the run ({c['seconds']:.1f} s of "
-          "stalls inside the latencies); a re-run loads them from the compilation cache")
-  m = d["mixed_pool"]
-  print(f"mixed pool: {m['borrowings']} borrowings, {m['returns']} returns, "
-        f"mean mixed instances {o['mixed_instances']['mean']:.2f}; preemptions {d['preemptions']}")
-
-
 def main(argv):
   del argv
   cli.use_cpu_devices(_DEVICES.value)
@@ -93,7 +65,7 @@ def main(argv):
     cli.use_compilation_cache(_CACHE.value)
   import dataclasses
 
-  from splitjax import workload
+  from splitjax import report, workload
   from splitjax.config import ConfigError, from_config_dict, to_plain_dict
   from splitjax.metrics import write_requests_csv, write_timeline_csv, write_token_times_jsonl
   from splitjax.model.hf_import import CheckpointError
@@ -132,7 +104,7 @@ def main(argv):
   write_requests_csv(result.records, out / "requests.csv")
   write_timeline_csv(result.timeline, out / "timeline.csv")
   write_token_times_jsonl(result.records, out / "token_times.jsonl")
-  print_table(summary)
+  print(report.summary_table(summary))
   print(f"wrote {out}/summary.json, requests.csv, token_times.jsonl, timeline.csv, config.json")
   return 0
 

@@ -173,9 +173,10 @@ class Simulator:
       chunks = [(c.start, c.end - c.start) for c in work.chunks]
       return [self.now + perf.mixed_time(ctx, chunks)]
     steps = min(r.output_tokens - r.generated for r in work.decode) if self.leap else 1
-    ends, t = [], self.now
-    for j in range(steps):
-      t += perf.decode_time([c + j for c in ctx])
+    ends, t, batch, total = [], self.now, len(ctx), sum(ctx)
+    step = perf.decode_step_time
+    for j in range(steps):        # every context grows by one token per step
+      t += step(batch, total + j * batch)
       ends.append(t)
     return ends
 

@@ -57,6 +57,11 @@ class PerfModel(Protocol):
   def decode_time(self, context_lens: Sequence[int]) -> float:
     """Seconds for one decode iteration of rows with these contexts (prompt + generated)."""
 
+  def decode_step_time(self, batch: int, context_sum: int) -> float:
+    """``decode_time`` of ``batch`` rows whose contexts add up to ``context_sum``
+    (the models here depend on nothing else; the simulator's leap mode uses this
+    to price each step in O(1) as every context grows by one)."""
+
   def mixed_time(self, context_lens: Sequence[int], chunks: Sequence[tuple[int, int]]) -> float:
     """Seconds for one iteration running decode rows plus prompt chunks."""
 
@@ -270,10 +275,13 @@ class ProfilePerfModel:
 
   def decode_time(self, context_lens: Sequence[int]) -> float:
     ctx = _lengths("context lengths", context_lens, 0)
-    if not ctx:
+    return self.decode_step_time(len(ctx), sum(ctx))
+
+  def decode_step_time(self, batch: int, context_sum: int) -> float:
+    if batch <= 0:
       return 0.0
     a, b, c = self.decode_coef
-    return a + b * len(ctx) + c * sum(ctx)
+    return a + b * batch + c * context_sum
 
   def mixed_time(self, context_lens: Sequence[int],
                  chunks: Sequence[tuple[int, int]]) -> float:
@@ -369,8 +377,11 @@ class RooflineModel:
     return max(compute, memory)
 
   def _decode_flops(self, ctx: Sequence[int]) -> float:
+    return self._decode_flops_sum(len(ctx), sum(ctx))
+
+  def _decode_flops_sum(self, batch: int, context_sum: int) -> float:
     f0 = self.model.flops_per_token(0)
-    return len(ctx) * f0 + (self.model.flops_per_token(1) - f0) * sum(ctx)
+    return batch * f0 + (self.model.flops_per_token(1) - f0) * context_sum
 
   def prefill_time(self, prompt_lens: Sequence[int]) -> float:
     lens = _lengths("prompt lengths", prompt_lens, 1)
@@ -382,10 +393,14 @@ class RooflineModel:
 
   def decode_time(self, context_lens: Sequence[int]) -> float:
     ctx = _lengths("context lengths", context_lens, 0)
-    if not ctx:
+    return self.decode_step_time(len(ctx), sum(ctx))
+
+  def decode_step_time(self, batch: int, context_sum: int) -> float:
+    if batch <= 0:
       return 0.0
-    nbytes = self.weight_bytes + sum(ctx) * self.model.kv_bytes_per_token()
-    return self._time(0.0, self._decode_flops(ctx), nbytes) + self.decode_overhead_s
+    nbytes = self.weight_bytes + context_sum * self.model.kv_bytes_per_token()
+    return (self._time(0.0, self._decode_flops_sum(batch, context_sum), nbytes)
+            + self.decode_overhead_s)
 
   def mixed_time(self, context_lens: Sequence[int],
                  chunks: Sequence[tuple[int, int]]) -> float:

@@ -24,7 +24,10 @@ class LinearModel:
     return 0.01 + 1e-4 * sum(lens) if lens else 0.0
 
   def decode_time(self, ctx):
-    return 0.005 + 2e-4 * len(ctx) + 1e-6 * sum(ctx) if ctx else 0.0
+    return self.decode_step_time(len(ctx), sum(ctx))
+
+  def decode_step_time(self, batch, context_sum):
+    return 0.005 + 2e-4 * batch + 1e-6 * context_sum if batch else 0.0
 
   def mixed_time(self, ctx, chunks):
     return self.decode_time(ctx) + 1e-4 * sum(n for _, n in chunks) + 1e-6 * sum(

@@ -218,6 +218,13 @@ def test_monotone_in_tokens_and_context(request, prompts, which, extra, contexts
     assert m.mixed_time(contexts, [chunk, (0, extra)]) >= mixed, name
 
 
+def test_decode_step_time_is_decode_time_by_batch_and_context_sum(request):
+  for name, m in _models(request).items():
+    for ctx in ([1], [700, 30, 4000], list(range(1, 65))):
+      assert m.decode_step_time(len(ctx), sum(ctx)) == m.decode_time(ctx), name
+    assert m.decode_step_time(0, 0) == 0.0, name
+
+
 def test_mixed_reduces_to_decode_and_to_prefill(request):
   for name, m in _models(request).items():
     assert m.mixed_time([500, 900], []) == pytest.approx(m.decode_time([500, 900])), name

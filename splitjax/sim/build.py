@@ -1,0 +1,63 @@
+"""Turn a SimConfig into a ready Simulator and its workload (no jax)."""
+
+from __future__ import annotations
+
+from splitjax import workload
+from splitjax.config import ConfigError
+from splitjax.scheduling.coordinator import Coordinator, make_policies
+from splitjax.scheduling.kv_memory import KVMemory
+from splitjax.scheduling.records import Instance, Request, Role
+from splitjax.serve_config import ClusterPolicy
+from splitjax.sim import network
+from splitjax.sim.driver import Simulator
+from splitjax.sim.hardware import Hardware, get_hardware
+from splitjax.sim.perf_model import PerfModel, ProfilePerfModel, RooflineModel
+from splitjax.sim.sim_config import PerfModelKind, SimConfig
+
+
+def kv_capacity_tokens(cfg: SimConfig, hw: Hardware) -> int:
+  """KV tokens one machine holds: memory after the weights x kv_memory_fraction."""
+  m = cfg.model
+  free = hw.machine_memory_bytes - m.param_count() * m.bytes_per_param
+  if free <= 0:
+    raise ConfigError(f"{m.name} weights ({m.param_count() * m.bytes_per_param / 1e9:.0f} GB) "
+                      f"do not fit a {hw.name} ({hw.machine_memory_bytes / 1e9:.0f} GB)")
+  return int(free * cfg.cluster.kv_memory_fraction) // m.kv_bytes_per_token()
+
+
+def _perf_model(cfg: SimConfig, hw: Hardware) -> PerfModel:
+  c = cfg.cluster
+  if c.perf_model == PerfModelKind.ROOFLINE:
+    return RooflineModel(cfg.model, hw, tp=hw.devices_per_machine)
+  return ProfilePerfModel.from_csv(c.profile_path or None, model=cfg.model.name,
+                                   hardware=hw.device_name, tp=hw.devices_per_machine,
+                                   machine=hw)
+
+
+def build(cfg: SimConfig) -> tuple[Simulator, list[workload.RequestSpec]]:
+  """Instances (one per machine), the coordinator, perf models, the workload."""
+  c, s = cfg.cluster, cfg.scheduler
+  pools = ([(Role.PROMPT, c.prompt), (Role.TOKEN, c.token)] if s.policy == ClusterPolicy.SPLIT
+           else [(Role.COLOCATED, c.colocated)])
+  instances, hardware, models = [], {}, {}
+  for role, pool in pools:
+    hw = get_hardware(pool.hardware)
+    if hw.name not in models:
+      models[hw.name] = _perf_model(cfg, hw)
+    cap = kv_capacity_tokens(cfg, hw)
+    for n in range(pool.machines):
+      inst = Instance(f"{role.value}{n}", role, KVMemory(cap, s.kv_block_tokens), c.max_batch,
+                      cfg.model.max_seq_len)
+      instances.append(inst)
+      hardware[inst.name] = hw
+  coord = Coordinator(instances, make_policies(s), max_prompt_tokens=cfg.model.max_seq_len)
+
+  def transfer(r: Request, src: Instance, dst: Instance, prefill_s: float):
+    seconds = network.kv_transfer_exposed_time(
+        cfg.model, r.prompt_tokens, hardware[src.name], hardware[dst.name], prefill_s,
+        c.transfer, c.layerwise_min_tokens)
+    return seconds, network.kv_bytes(cfg.model, r.prompt_tokens)
+
+  perf = {i.name: models[hardware[i.name].name] for i in instances}
+  sim = Simulator(coord, perf, transfer, leap=cfg.leap, sample_every_s=cfg.sample_every_s)
+  return sim, workload.build(cfg.workload, cfg.model.max_seq_len)

@@ -1,0 +1,72 @@
+"""Typed configuration of a simulated cluster (``scripts/simulate.py``; no jax)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from splitjax.config import ConfigError, ModelConfig, TransferMode
+from splitjax.serve_config import ClusterPolicy, SchedulerConfig, WorkloadConfig
+
+
+class PerfModelKind(enum.Enum):
+  PROFILE = "profile"     # the paper's measured profiles (or one written by scripts/profile.py)
+  ROOFLINE = "roofline"   # FLOPs and bytes of the model on the machine kind
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+  """``machines`` identical machines of catalog kind ``hardware``; one model
+  instance per machine, tensor parallel over all its devices."""
+  machines: int = 0
+  hardware: str = "dgx-h100"
+
+
+@dataclasses.dataclass(frozen=True)
+class SimClusterConfig:
+  """Machine pools. SPLIT uses ``prompt`` and ``token``; the co-located
+  policies use ``colocated``."""
+  prompt: PoolConfig = PoolConfig(25)
+  token: PoolConfig = PoolConfig(15)
+  colocated: PoolConfig = PoolConfig(40)
+  perf_model: PerfModelKind = PerfModelKind.PROFILE
+  profile_path: str = ""           # "" -> ../shared/data/splitwise-profiles/perf_model.csv
+  transfer: TransferMode = TransferMode.AUTO
+  layerwise_min_tokens: int = 512
+  # Fraction of the memory left after the weights that holds KV.
+  kv_memory_fraction: float = 0.9
+  # Most requests decoding at once on an instance (its decode batch cap).
+  max_batch: int = 512
+
+  def __post_init__(self):
+    if not 0.0 < self.kv_memory_fraction <= 1.0:
+      raise ConfigError("cluster.kv_memory_fraction must be in (0, 1]")
+    if self.max_batch <= 0 or self.layerwise_min_tokens <= 0:
+      raise ConfigError("cluster.max_batch and cluster.layerwise_min_tokens must be positive")
+    for name in ("prompt", "token", "colocated"):
+      if getattr(self, name).machines < 0:
+        raise ConfigError(f"cluster.{name}.machines must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+  """Everything ``scripts/simulate.py`` needs."""
+  model: ModelConfig
+  cluster: SimClusterConfig = SimClusterConfig()
+  scheduler: SchedulerConfig = SchedulerConfig()
+  workload: WorkloadConfig = WorkloadConfig()
+  leap: bool = True                # False: step every decode iteration (reference mode)
+  sample_every_s: float = 1.0      # pool-occupancy timeline resolution
+
+  def __post_init__(self):
+    c = self.cluster
+    if self.scheduler.policy == ClusterPolicy.SPLIT:
+      if c.prompt.machines <= 0 or c.token.machines <= 0:
+        raise ConfigError(f"the split policy needs prompt and token machines, got "
+                          f"cluster.prompt.machines={c.prompt.machines} and "
+                          f"cluster.token.machines={c.token.machines}")
+    elif c.colocated.machines <= 0:
+      raise ConfigError(f"policy {self.scheduler.policy.value} needs "
+                        f"cluster.colocated.machines > 0")
+    if self.sample_every_s <= 0:
+      raise ConfigError("sample_every_s must be positive")
