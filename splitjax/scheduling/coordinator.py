@@ -147,6 +147,8 @@ class Coordinator:
         c.request.prefilled = c.end
         if c.last:
           self._prefilled(inst, c.request, out)
+        else:
+          inst.prefilling.reweigh(c.request.request_id)
     for r in filter(live, work.decode):
       r.generated += work.steps
       out.emitted.append(r)

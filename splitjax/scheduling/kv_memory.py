@@ -24,6 +24,7 @@ class KVMemory:
   capacity_tokens: int
   block_tokens: int = 16
   _held: dict[int, int] = dataclasses.field(default_factory=dict)  # request id -> blocks
+  _used: int = 0                                                     # sum of _held
 
   def __post_init__(self):
     if self.capacity_tokens <= 0 or self.block_tokens <= 0:
@@ -35,7 +36,7 @@ class KVMemory:
 
   @property
   def used_blocks(self) -> int:
-    return sum(self._held.values())
+    return self._used
 
   @property
   def free_blocks(self) -> int:
@@ -61,11 +62,15 @@ class KVMemory:
     if not self.can_allocate(tokens):
       raise KVMemoryError(f"request {request_id} needs {self.blocks_for(tokens)} blocks, "
                           f"{self.free_blocks} free")
-    self._held[request_id] = self.blocks_for(tokens)
+    blocks = self.blocks_for(tokens)
+    self._held[request_id] = blocks
+    self._used += blocks
 
   def free(self, request_id: int) -> None:
-    if self._held.pop(request_id, None) is None:
+    blocks = self._held.pop(request_id, None)
+    if blocks is None:
       raise KVMemoryError(f"request {request_id} holds no KV memory")
+    self._used -= blocks
 
   def holds(self, request_id: int) -> bool:
     return request_id in self._held

@@ -65,6 +65,112 @@ class Request:
     return self.generated >= self.output_tokens
 
 
+class TokenDeque(collections.deque):
+  """A deque of requests that keeps ``tokens`` = the sum of ``weight(request)``
+  over its items, so load measures cost O(1) instead of a walk of the queue."""
+
+  def __init__(self, weight):
+    super().__init__()
+    self.weight, self.tokens = weight, 0
+
+  def append(self, r):
+    super().append(r)
+    self.tokens += self.weight(r)
+
+  def appendleft(self, r):
+    super().appendleft(r)
+    self.tokens += self.weight(r)
+
+  def insert(self, i, r):
+    super().insert(i, r)
+    self.tokens += self.weight(r)
+
+  def extend(self, rs):
+    for r in rs:
+      self.append(r)
+
+  def popleft(self):
+    r = super().popleft()
+    self.tokens -= self.weight(r)
+    return r
+
+  def pop(self):
+    r = super().pop()
+    self.tokens -= self.weight(r)
+    return r
+
+  def remove(self, r):
+    super().remove(r)
+    self.tokens -= self.weight(r)
+
+  def clear(self):
+    super().clear()
+    self.tokens = 0
+
+
+class TokenDict(dict):
+  """request id -> request, keeping ``tokens`` = the sum of ``weight(request)``
+  as it was when each entry was (re)weighed; call :meth:`reweigh` after a
+  change to a request that alters its weight."""
+
+  def __init__(self, weight):
+    super().__init__()
+    self.weight, self.tokens, self._w = weight, 0, {}
+
+  def __setitem__(self, key, r):
+    self.tokens -= self._w.get(key, 0)
+    self._w[key] = w = self.weight(r)
+    self.tokens += w
+    super().__setitem__(key, r)
+
+  def __delitem__(self, key):
+    super().__delitem__(key)
+    self.tokens -= self._w.pop(key)
+
+  def pop(self, key, *default):
+    if key in self:
+      r = super().pop(key)
+      self.tokens -= self._w.pop(key)
+      return r
+    if default:
+      return default[0]
+    raise KeyError(key)
+
+  def clear(self):
+    super().clear()
+    self._w.clear()
+    self.tokens = 0
+
+  def reweigh(self, key) -> None:
+    self[key] = self[key]
+
+  def popitem(self):
+    key, r = super().popitem()
+    self.tokens -= self._w.pop(key)
+    return key, r
+
+  def update(self, *args, **kw):
+    for k, v in dict(*args, **kw).items():
+      self[k] = v
+
+  def setdefault(self, key, default=None):
+    if key not in self:
+      self[key] = default
+    return self[key]
+
+
+def _prompt_tokens(r: Request) -> int:
+  return r.prompt_tokens
+
+
+def _prompt_left(r: Request) -> int:
+  return r.prompt_tokens - r.prefilled
+
+
+def _total_tokens(r: Request) -> int:
+  return r.total_tokens
+
+
 @dataclasses.dataclass(eq=False)
 class Instance:
   """One model replica: role, KV memory, decode slots and queues.
@@ -86,9 +192,10 @@ class Instance:
   decode_slots: int
   max_request_tokens: int
   role: Role | None = None
-  prompt_queue: collections.deque = dataclasses.field(default_factory=collections.deque)
-  prefilling: dict = dataclasses.field(default_factory=dict)
-  incoming: dict = dataclasses.field(default_factory=dict)
+  prompt_queue: TokenDeque = dataclasses.field(
+      default_factory=lambda: TokenDeque(_prompt_tokens))
+  prefilling: TokenDict = dataclasses.field(default_factory=lambda: TokenDict(_prompt_left))
+  incoming: TokenDict = dataclasses.field(default_factory=lambda: TokenDict(_total_tokens))
   decode_queue: collections.deque = dataclasses.field(default_factory=collections.deque)
   decoding: dict = dataclasses.field(default_factory=dict)
   held: dict = dataclasses.field(default_factory=dict)
@@ -105,13 +212,12 @@ class Instance:
   @property
   def pending_prompt_tokens(self) -> int:
     """Prompt tokens queued or being prefilled here (router's prompt load)."""
-    return (sum(r.prompt_tokens for r in self.prompt_queue)
-            + sum(r.prompt_tokens - r.prefilled for r in self.prefilling.values()))
+    return self.prompt_queue.tokens + self.prefilling.tokens
 
   @property
   def reserved_tokens(self) -> int:
     """KV tokens promised to requests routed here but not yet admitted."""
-    return sum(r.total_tokens for r in self.incoming.values())
+    return self.incoming.tokens
 
   @property
   def token_load(self) -> int:

@@ -13,6 +13,7 @@ from splitjax.scheduling.coordinator import (Coordinator, home_roles, make_insta
                                              make_policies)
 from splitjax.serve_config import ClusterPolicy, SchedulerConfig
 from splitjax.workload import RequestSpec
+from tests.scheduling.helpers import assert_counters
 
 POLICIES = [(ClusterPolicy.SPLIT, False), (ClusterPolicy.SPLIT, True),
             (ClusterPolicy.COLOCATED, False), (ClusterPolicy.COLOCATED_CHUNKED, False)]
@@ -32,6 +33,7 @@ class CheckingExecutor(FakeExecutor):
       slots = [r.slot for r in list(i.decoding.values()) + list(i.prefilling.values())
                if r.token_instance == i.name and r.slot is not None]
       assert len(slots) == len(set(slots)), f"{i.name} slot given twice"
+      assert_counters(i)
     super().launch(work, now)
 
 

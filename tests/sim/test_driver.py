@@ -12,6 +12,7 @@ from splitjax.serve_config import ClusterPolicy, SchedulerConfig
 from splitjax.sim.driver import Simulator
 from splitjax.sim.perf_model import Phase
 from splitjax.workload import RequestSpec
+from tests.scheduling.helpers import assert_counters
 
 POLICIES = [(ClusterPolicy.SPLIT, False), (ClusterPolicy.SPLIT, True),
             (ClusterPolicy.COLOCATED, False), (ClusterPolicy.COLOCATED_CHUNKED, False)]
@@ -44,6 +45,14 @@ def _sim(specs, policy, mixed, leap, sim_out=None, **sched):
   transfer = lambda r, src, dst, prefill_s: (0.001 + 1e-6 * r.prompt_tokens, r.prompt_tokens * 8)
   sim = Simulator(coord, {i.name: LinearModel() for i in insts}, transfer, leap=leap,
                   check_memory=True, sample_every_s=0.05)
+  checked = sim._handle
+
+  def handle_and_check(kind, obj):          # counters stay exact through every event
+    out = checked(kind, obj)
+    for i in coord.instances:
+      assert_counters(i)
+    return out
+  sim._handle = handle_and_check
   result = sim.run(specs)
   if sim_out is not None:
     sim_out.append(sim)
