@@ -57,8 +57,26 @@ class MixedPool:
     own = Role.PROMPT if lender == Role.TOKEN else Role.TOKEN
     return [i for i in instances if i is not skip and i.role in (own, Role.MIXED)]
 
+  def _quiet(self, instances: Sequence[Instance]) -> bool:
+    """No mixed pool and no pressure: nothing to do (one pass, the common case)."""
+    prompt = token = n_prompt = n_token = 0
+    for i in instances:
+      role = i.role
+      if role == Role.PROMPT:
+        prompt += i.pending_prompt_tokens
+        n_prompt += 1
+      elif role == Role.TOKEN:
+        token += i.token_pressure
+        n_token += 1
+      else:
+        return False
+    return ((not n_prompt or prompt <= self.prompt_limit * n_prompt)
+            and (not n_token or token <= self.kv_limit * n_token))
+
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
     """Borrows and returns until the state is a fixed point; returns the changes."""
+    if self._quiet(instances):
+      return []
     changes: list[RoleChange] = []
     for lender in (Role.TOKEN, Role.PROMPT):
       key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN

@@ -231,8 +231,10 @@ class Instance:
     bind first with short requests on a dense per-slot cache, KV with long
     ones on a paged one; comparing tokens alone would send work to an
     instance whose slots are all taken."""
-    kv = self.token_load / (self.kv.total_blocks * self.kv.block_tokens)
-    return max(kv, (len(self.decoding) + len(self.incoming)) / self.decode_slots)
+    kv = self.kv
+    load = kv._used * kv.block_tokens + self.incoming.tokens
+    return max(load / (kv.total_blocks * kv.block_tokens),
+               (len(self.decoding) + len(self.incoming)) / self.decode_slots)
 
   @property
   def outstanding(self) -> int:
