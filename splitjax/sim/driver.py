@@ -22,6 +22,8 @@ import heapq
 import itertools
 from typing import Callable, Sequence
 
+import numpy as np
+
 from splitjax.metrics import RequestRecord, RequestStatus, summarize
 from splitjax.runtime.loop import RunResult, pool_sample
 from splitjax.scheduling.coordinator import Coordinator
@@ -29,7 +31,11 @@ from splitjax.scheduling.records import Instance, Phase, Request, Work, WorkKind
 from splitjax.sim.perf_model import PerfModel
 from splitjax.workload import RequestSpec
 
-_ARRIVAL, _DONE, _LANDED = 0, 1, 2
+# Event kinds, also their order at equal times: a finished iteration before a
+# landed transfer before an arrival, then by instance / request id. This order
+# does not depend on when events were pushed, so stepping and leaping (which
+# push different events) process simultaneous events alike.
+_DONE, _LANDED, _ARRIVAL = 0, 1, 2
 
 # (request, prompt instance, token instance, prefill seconds)
 #   -> (seconds from the prefill's end until the KV is usable, bytes moved)
@@ -65,6 +71,7 @@ class Simulator:
     self._heap: list = []
     self._seq = itertools.count()
     self._running: dict[str, _Running] = {}
+    self._index = {i.name: n for n, i in enumerate(coord.instances)}
     self.records: dict[int, RequestRecord] = {}
     self.now = 0.0
     self.events = 0            # events handled (stale leap ends excluded)
@@ -76,10 +83,10 @@ class Simulator:
         raise ValueError(f"duplicate request id {s.request_id}")
       self.records[s.request_id] = RequestRecord(s.request_id, s.arrival_s, s.prompt_tokens,
                                                  s.output_tokens)
-      self._push(s.arrival_s, _ARRIVAL, s)
+      self._push(s.arrival_s, _ARRIVAL, s, s.request_id)
     timeline, next_sample = [], 0.0
     while self._heap:
-      t, _, kind, obj, version = heapq.heappop(self._heap)
+      t, kind, _, _, obj, version = heapq.heappop(self._heap)
       if kind == _DONE:
         run = self._running.get(obj.instance.name)
         if run is None or run.work is not obj or run.version != version:
@@ -88,9 +95,11 @@ class Simulator:
       while next_sample <= t:
         timeline.append(pool_sample(self.coord, next_sample))
         next_sample += self.sample_every_s
-      touched = self._handle(kind, obj)
-      for inst in self._rebalanced() | touched:
-        self._kick(inst)
+      touched = self._handle(kind, obj) | self._rebalanced()
+      while touched:          # new work can move the pool: settle before time moves on
+        for inst in sorted(touched, key=lambda i: self._index[i.name]):
+          self._kick(inst)
+        touched = self._rebalanced()
       if self.check_memory:
         for i in self.coord.instances:
           assert i.kv.used_blocks <= i.kv.total_blocks, f"{i.name} over KV capacity at {t}"
@@ -100,8 +109,8 @@ class Simulator:
     return RunResult(records, summarize(records, self.now), timeline,
                      list(self.coord.role_changes))
 
-  def _push(self, t: float, kind: int, obj, version: int = 0) -> None:
-    heapq.heappush(self._heap, (t, next(self._seq), kind, obj, version))
+  def _push(self, t: float, kind: int, obj, tiebreak: int, version: int = 0) -> None:
+    heapq.heappush(self._heap, (t, kind, tiebreak, next(self._seq), obj, version))
 
   # ------------------------------------------------------------------ events
   def _handle(self, kind: int, obj) -> set:
@@ -140,7 +149,7 @@ class Simulator:
       src, dst = inst, self.coord.by_name[r.token_instance]
       seconds, nbytes = self.transfer(r, src, dst, ends[-1] - work.started_s)
       self.records[r.request_id].transfer_bytes = nbytes
-      self._push(self.now + seconds, _LANDED, r)
+      self._push(self.now + seconds, _LANDED, r, r.request_id)
     return touched
 
   def _rebalanced(self) -> set:
@@ -162,7 +171,7 @@ class Simulator:
     ends = self._plan(work)
     work.steps = len(ends) if work.kind == WorkKind.DECODE else 1
     run = self._running[inst.name] = _Running(work, ends)
-    self._push(ends[-1], _DONE, work, run.version)
+    self._push(ends[-1], _DONE, work, self._index[inst.name], run.version)
 
   def _plan(self, work: Work) -> list[float]:
     perf = self.perf[work.instance.name]
@@ -173,25 +182,28 @@ class Simulator:
       chunks = [(c.start, c.end - c.start) for c in work.chunks]
       return [self.now + perf.mixed_time(ctx, chunks)]
     steps = min(r.output_tokens - r.generated for r in work.decode) if self.leap else 1
-    ends, t, batch, total = [], self.now, len(ctx), sum(ctx)
-    step = perf.decode_step_time
-    for j in range(steps):        # every context grows by one token per step
-      t += step(batch, total + j * batch)
-      ends.append(t)
-    return ends
+    batch, total = len(ctx), sum(ctx)
+    if steps == 1:
+      return [self.now + perf.decode_step_time(batch, total)]
+    # Every context grows by one token per step. Accumulating [now, d0, d1, ...]
+    # left to right gives the very floats stepping computes (now + d0) + d1 ...
+    times = perf.decode_step_times(batch, total + batch * np.arange(steps, dtype=np.float64))
+    return np.add.accumulate(np.concatenate(([self.now], times)))[1:].tolist()
 
   def _cut(self, run: _Running) -> None:
     """Shortens a leap to the step in progress (where stepping would re-plan)."""
     work = run.work
     if work.kind != WorkKind.DECODE or len(run.ends) == 1:
       return
-    keep = next(j for j, e in enumerate(run.ends) if e >= self.now) + 1
+    # Stepping would have ended an iteration finishing exactly now before this
+    # event and started the next one: keep through the first step ending later.
+    keep = next(j for j, e in enumerate(run.ends) if e > self.now) + 1
     if keep == len(run.ends):
       return
     del run.ends[keep:]
     work.steps = keep
     run.version += 1
-    self._push(run.ends[-1], _DONE, work, run.version)
+    self._push(run.ends[-1], _DONE, work, self._index[work.instance.name], run.version)
 
   def _fail_leftovers(self) -> None:
     for r in list(self.coord.requests_in_flight()):

@@ -62,6 +62,10 @@ class PerfModel(Protocol):
     (the models here depend on nothing else; the simulator's leap mode uses this
     to price each step in O(1) as every context grows by one)."""
 
+  def decode_step_times(self, batch: int, context_sums: np.ndarray) -> np.ndarray:
+    """``decode_step_time`` for each entry of ``context_sums`` (float64 array),
+    bit-identical to the scalar calls."""
+
   def mixed_time(self, context_lens: Sequence[int], chunks: Sequence[tuple[int, int]]) -> float:
     """Seconds for one iteration running decode rows plus prompt chunks."""
 
@@ -283,6 +287,12 @@ class ProfilePerfModel:
     a, b, c = self.decode_coef
     return a + b * batch + c * context_sum
 
+  def decode_step_times(self, batch: int, context_sums: np.ndarray) -> np.ndarray:
+    if batch <= 0:
+      return np.zeros(len(context_sums))
+    a, b, c = self.decode_coef
+    return a + b * batch + c * np.asarray(context_sums, np.float64)
+
   def mixed_time(self, context_lens: Sequence[int],
                  chunks: Sequence[tuple[int, int]]) -> float:
     """Decode rows ride along a prefill of (chunk tokens + one token per row).
@@ -401,6 +411,19 @@ class RooflineModel:
     nbytes = self.weight_bytes + context_sum * self.model.kv_bytes_per_token()
     return (self._time(0.0, self._decode_flops_sum(batch, context_sum), nbytes)
             + self.decode_overhead_s)
+
+  def decode_step_times(self, batch: int, context_sums: np.ndarray) -> np.ndarray:
+    if batch <= 0:
+      return np.zeros(len(context_sums))
+    ctx = np.asarray(context_sums, np.float64)
+    nbytes = self.weight_bytes + ctx * self.model.kv_bytes_per_token()
+    f0 = self.model.flops_per_token(0)
+    flops = batch * f0 + (self.model.flops_per_token(1) - f0) * ctx
+    peak = self.tp * self.hw.device_flops
+    compute = 0.0 / (peak * self.prefill_compute_efficiency) + flops / (
+        peak * self.decode_compute_efficiency)
+    memory = nbytes / (self.tp * self.hw.device_memory_bytes_per_s * self.memory_efficiency)
+    return np.maximum(compute, memory) + self.decode_overhead_s
 
   def mixed_time(self, context_lens: Sequence[int],
                  chunks: Sequence[tuple[int, int]]) -> float:

@@ -30,6 +30,9 @@ class LinearModel:
   def decode_step_time(self, batch, context_sum):
     return 0.005 + 2e-4 * batch + 1e-6 * context_sum if batch else 0.0
 
+  def decode_step_times(self, batch, context_sums):
+    return 0.005 + 2e-4 * batch + 1e-6 * context_sums
+
   def mixed_time(self, ctx, chunks):
     return self.decode_time(ctx) + 1e-4 * sum(n for _, n in chunks) + 1e-6 * sum(
         s for s, _ in chunks)
@@ -59,7 +62,7 @@ def _sim(specs, policy, mixed, leap, sim_out=None, **sched):
   return result, coord
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 0.3), st.integers(1, 900), st.integers(1, 60)),
                 min_size=1, max_size=30),
        st.sampled_from(POLICIES))

@@ -8,6 +8,7 @@ rest run on small synthetic profiles written here.
 import csv
 import statistics
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -223,6 +224,8 @@ def test_decode_step_time_is_decode_time_by_batch_and_context_sum(request):
     for ctx in ([1], [700, 30, 4000], list(range(1, 65))):
       assert m.decode_step_time(len(ctx), sum(ctx)) == m.decode_time(ctx), name
     assert m.decode_step_time(0, 0) == 0.0, name
+    sums = np.array([0.0, 17.0, 5000.0, 123457.0])
+    assert m.decode_step_times(8, sums).tolist() == [m.decode_step_time(8, int(x)) for x in sums]
 
 
 def test_mixed_reduces_to_decode_and_to_prefill(request):
