@@ -186,6 +186,8 @@ def replay(coord: Coordinator, executor: Executor, specs: Sequence[RequestSpec],
     run.apply(executor.poll(now))
     coord.rebalance()
     launched = run.launch(now)
+    while coord.rebalance():     # new work can move the pool: settle it
+      launched = run.launch(now) or launched
     run.sample(now)
     if progress is not None and run.ended != ended:
       ended = run.ended
