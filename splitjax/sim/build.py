@@ -37,6 +37,7 @@ def _perf_model(cfg: SimConfig, hw: Hardware) -> PerfModel:
 def build(cfg: SimConfig) -> tuple[Simulator, list[workload.RequestSpec]]:
   """Instances (one per machine), the coordinator, perf models, the workload."""
   c, s = cfg.cluster, cfg.scheduler
+  specs = workload.build(cfg.workload, cfg.model.max_seq_len)   # bad traces fail first
   pools = ([(Role.PROMPT, c.prompt), (Role.TOKEN, c.token)] if s.policy == ClusterPolicy.SPLIT
            else [(Role.COLOCATED, c.colocated)])
   instances, hardware, models = [], {}, {}
@@ -60,4 +61,4 @@ def build(cfg: SimConfig) -> tuple[Simulator, list[workload.RequestSpec]]:
 
   perf = {i.name: models[hardware[i.name].name] for i in instances}
   sim = Simulator(coord, perf, transfer, leap=cfg.leap, sample_every_s=cfg.sample_every_s)
-  return sim, workload.build(cfg.workload, cfg.model.max_seq_len)
+  return sim, specs
