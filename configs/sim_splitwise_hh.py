@@ -8,16 +8,13 @@ iso-power budget) serving Llama2-70B on the whole conversation trace.
 
 import ml_collections
 
-from splitjax.config import to_plain_dict
+from splitjax.config_defaults import section
 from splitjax.model.presets import preset_config_dict
 from splitjax.serve_config import SchedulerConfig, WorkloadConfig
 from splitjax.sim.sim_config import SimClusterConfig
 
 
 def get_config():
-  tuples = lambda d: {k: tuples(v) if isinstance(v, dict) else
-                      tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-  section = lambda obj: ml_collections.ConfigDict(tuples(to_plain_dict(obj)))
   c = ml_collections.ConfigDict()
   c.model = preset_config_dict("llama2-70b")
   c.cluster = section(SimClusterConfig())

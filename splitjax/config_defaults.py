@@ -13,8 +13,8 @@ from splitjax.config import EngineConfig, MeshConfig, SamplingConfig, to_plain_d
 from splitjax.model.presets import preset_config_dict
 
 
-def _section(obj) -> ml_collections.ConfigDict:
-  """A dataclass as a ConfigDict; sequences stay tuples so that
+def section(obj) -> ml_collections.ConfigDict:
+  """A dataclass (config section) as a ConfigDict; sequences stay tuples so that
   ``--config.engine.prefill_buckets='(64, 128)'`` can override them."""
   tuples = lambda d: {k: tuples(v) if isinstance(v, dict) else
                       tuple(v) if isinstance(v, list) else v for k, v in d.items()}
@@ -26,10 +26,10 @@ def generate_config(preset: str, prefill_mesh: MeshConfig, decode_mesh: MeshConf
   """Config for ``scripts/generate.py`` (see ``splitjax.config.GenerateConfig``)."""
   c = ml_collections.ConfigDict()
   c.model = preset_config_dict(preset)
-  c.prefill_mesh = _section(prefill_mesh)
-  c.decode_mesh = _section(decode_mesh)
-  c.engine = _section(engine)
-  c.sampling = _section(SamplingConfig())
+  c.prefill_mesh = section(prefill_mesh)
+  c.decode_mesh = section(decode_mesh)
+  c.engine = section(engine)
+  c.sampling = section(SamplingConfig())
   c.mode = "split"          # split | single
   c.transfer = "auto"       # serialized | layerwise | auto (layer-wise from layerwise_min_tokens)
   c.max_new_tokens = max_new_tokens
@@ -44,12 +44,12 @@ def serve_config(preset: str, engine: EngineConfig, *, policy: str = "split",
   from splitjax.serve_config import ClusterConfig, SchedulerConfig, WorkloadConfig
   c = ml_collections.ConfigDict()
   c.model = preset_config_dict(preset)
-  c.engine = _section(engine)
-  c.cluster = _section(ClusterConfig())
-  c.scheduler = _section(SchedulerConfig())
+  c.engine = section(engine)
+  c.cluster = section(ClusterConfig())
+  c.scheduler = section(SchedulerConfig())
   c.scheduler.policy = policy          # split | colocated | colocated_chunked
   c.scheduler.mixed_pool = mixed_pool
-  c.workload = _section(WorkloadConfig())
+  c.workload = section(WorkloadConfig())
   c.seed = 0                           # random weights when no checkpoint is given
   c.prompt_seed = 0                    # random prompt token ids
   c.sample_every_s = 0.5               # pool-occupancy timeline resolution

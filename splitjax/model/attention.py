@@ -70,17 +70,7 @@ def causal_prefill_attention(q_BKGTH: jax.Array, k_BKTH: jax.Array, v_BKTH: jax.
   outs = []
   for qs in range(0, t, chunk):
     qe = min(qs + chunk, t)
-    q = q_BKGTH[:, :, :, qs:qe]
-    carry = None
-    for ks in range(0, qe, chunk):
-      ke = min(ks + chunk, qe)
-      s = jnp.einsum("bkgqh,bksh->bkgqs", q, k_BKTH[:, :, ks:ke],
-                     preferred_element_type=jnp.float32)
-      if ke > qs:  # the diagonal block: mask keys after each query
-        causal = (qs + jnp.arange(qe - qs))[:, None] >= (ks + jnp.arange(ke - ks))[None, :]
-        s = jnp.where(causal, s, _NEG_INF)
-      carry = _online_step(carry, s, v_BKTH[:, :, ks:ke], "bkgqs,bksh->bkgqh")
-    _, l, acc = carry
+    _, l, acc = _causal_tiles(q_BKGTH[:, :, :, qs:qe], k_BKTH, v_BKTH, qs, qe, chunk)
     outs.append((acc / l[..., None]).astype(q_BKGTH.dtype))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
 
@@ -118,6 +108,23 @@ def _online_step(carry, s, v_tile, spec: str):
     return m_new, jnp.sum(e, axis=-1), pv
   alpha = jnp.exp(m - m_new)
   return m_new, carry[1] * alpha + jnp.sum(e, axis=-1), carry[2] * alpha[..., None] + pv
+
+
+def _causal_tiles(q_BKGQH: jax.Array, k_BKTH: jax.Array, v_BKTH: jax.Array, qs: int, qe: int,
+                  chunk: int):
+  """Online-softmax carry (see _online_step) of the query tile at positions
+  [qs, qe) over keys [0, qe) of the same sequence, tile by tile; only the
+  diagonal tile is masked (keys after each query)."""
+  carry = None
+  for ks in range(0, qe, chunk):
+    ke = min(ks + chunk, qe)
+    s = jnp.einsum("bkgqh,bksh->bkgqs", q_BKGQH, k_BKTH[:, :, ks:ke],
+                   preferred_element_type=jnp.float32)
+    if ke > qs:
+      causal = (qs + jnp.arange(qe - qs))[:, None] >= (ks + jnp.arange(ke - ks))[None, :]
+      s = jnp.where(causal, s, _NEG_INF)
+    carry = _online_step(carry, s, v_BKTH[:, :, ks:ke], "bkgqs,bksh->bkgqh")
+  return carry
 
 
 def chunk_attention(q_PKGCH: jax.Array, k_PKCH: jax.Array, v_PKCH: jax.Array,
@@ -159,15 +166,7 @@ def chunk_attention(q_PKGCH: jax.Array, k_PKCH: jax.Array, v_PKCH: jax.Array,
   for qs in range(0, c, chunk):
     qe = min(qs + chunk, c)
     q = q_PKGCH[:, :, :, qs:qe]
-    carry = None
-    for ks in range(0, qe, chunk):
-      ke = min(ks + chunk, qe)
-      sc = jnp.einsum("pkgqh,pksh->pkgqs", q, k_PKCH[:, :, ks:ke],
-                      preferred_element_type=jnp.float32)
-      if ke > qs:  # the diagonal block: mask keys after each query
-        causal = (qs + jnp.arange(qe - qs))[:, None] >= (ks + jnp.arange(ke - ks))[None, :]
-        sc = jnp.where(causal, sc, _NEG_INF)
-      carry = _online_step(carry, sc, v_PKCH[:, :, ks:ke], "pkgqs,pksh->pkgqh")
+    carry = _causal_tiles(q, k_PKCH, v_PKCH, qs, qe, chunk)
     _, l, acc = jax.lax.fori_loop(0, n_tiles, lambda t, cr, q=q: cache_tile(t, cr, q), carry)
     outs.append((acc / l[..., None]).astype(q_PKGCH.dtype))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)

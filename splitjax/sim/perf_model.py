@@ -406,22 +406,15 @@ class RooflineModel:
     return self.decode_step_time(len(ctx), sum(ctx))
 
   def decode_step_time(self, batch: int, context_sum: int) -> float:
-    if batch <= 0:
-      return 0.0
-    nbytes = self.weight_bytes + context_sum * self.model.kv_bytes_per_token()
-    return (self._time(0.0, self._decode_flops_sum(batch, context_sum), nbytes)
-            + self.decode_overhead_s)
+    return float(self.decode_step_times(batch, np.array([context_sum], np.float64))[0])
 
   def decode_step_times(self, batch: int, context_sums: np.ndarray) -> np.ndarray:
     if batch <= 0:
       return np.zeros(len(context_sums))
     ctx = np.asarray(context_sums, np.float64)
     nbytes = self.weight_bytes + ctx * self.model.kv_bytes_per_token()
-    f0 = self.model.flops_per_token(0)
-    flops = batch * f0 + (self.model.flops_per_token(1) - f0) * ctx
-    peak = self.tp * self.hw.device_flops
-    compute = 0.0 / (peak * self.prefill_compute_efficiency) + flops / (
-        peak * self.decode_compute_efficiency)
+    compute = self._decode_flops_sum(batch, ctx) / (
+        self.tp * self.hw.device_flops * self.decode_compute_efficiency)
     memory = nbytes / (self.tp * self.hw.device_memory_bytes_per_s * self.memory_efficiency)
     return np.maximum(compute, memory) + self.decode_overhead_s
 
