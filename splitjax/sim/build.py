@@ -11,7 +11,8 @@ from splitjax.serve_config import ClusterPolicy
 from splitjax.sim import network
 from splitjax.sim.driver import Simulator
 from splitjax.sim.hardware import Hardware, get_hardware
-from splitjax.sim.perf_model import PerfModel, ProfilePerfModel, RooflineModel
+from splitjax.sim.perf_model import PerfModel, ProfilePerfModel
+from splitjax.sim.roofline import RooflineModel
 from splitjax.sim.sim_config import PerfModelKind, SimConfig
 
 

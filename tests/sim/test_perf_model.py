@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from splitjax.model.presets import get_preset
 from splitjax.sim.hardware import get_hardware
 from splitjax.sim.perf_model import (PROFILE_COLUMNS, PerfModel, PerfModelError, Phase,
-                                     ProfilePerfModel, RooflineModel, default_profile_path,
+                                     ProfilePerfModel, default_profile_path,
                                      read_profile)
+from splitjax.sim.roofline import RooflineModel
 from splitjax.workload import read_azure_trace, shared_trace_path
 
 LLAMA70 = get_preset("llama2-70b")
