@@ -45,8 +45,8 @@ class SchedulerConfig:
   # Token pool KV (in use + reserved) / capacity above which a prompt
   # instance is borrowed.
   borrow_kv_fraction: float = 0.9
-  # How many prompt batches may delay one request's token phase on a mixed
-  # instance before its token batch gets priority.
+  # How many prompt batches in a row may delay a request's next token on a
+  # mixed instance before its token batch gets priority.
   max_preemptions: int = 4
   # KV memory accounting granularity.
   kv_block_tokens: int = 16

@@ -50,7 +50,8 @@ class Request:
   output_tokens: int
   generated: int = 0
   prefilled: int = 0
-  preemptions: int = 0
+  preemptions: int = 0      # prompt batches that delayed its token work, in all
+  stalled: int = 0          # ... since its last token (the mixed pool caps this)
   phase: Phase = Phase.QUEUED
   prompt_instance: str = ""
   token_instance: str = ""

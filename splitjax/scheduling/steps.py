@@ -5,8 +5,8 @@ admits) or None when there is nothing to do:
 
   PromptStep             split prompt instance: FCFS prompt batches
   TokenStep              split token instance: continuous (iteration-level) decode
-  MixedStep              mixed-pool instance: prompts first, token work preempted
-                         at most ``max_preemptions`` times per request
+  MixedStep              mixed-pool instance: prompts first, a request's token work
+                         delayed by at most ``max_preemptions`` prompt batches in a row
   ColocatedStep          both phases, whole-prompt prefill prioritized (vLLM / Orca)
   ChunkedColocatedStep   both phases, decode + prompt chunks in one iteration under
                          a token budget (Sarathi-Serve)
@@ -59,11 +59,12 @@ class TokenStep:
 
 
 class MixedStep:
-  """Mixed pool: prompts run first and preempt (delay) the token batch, except
-  that a request preempted ``max_preemptions`` times can no longer be: once any
-  decoding request reaches the cap, the token batch runs. A request's
-  preemption count grows with its age in the token phase, so the oldest token
-  work gets priority; admission to decode is oldest first."""
+  """Mixed pool: prompts run first and preempt (delay) the token batch, but a
+  request's token work is delayed by at most ``max_preemptions`` prompt batches
+  in a row: once a decoding request has waited that many, the token batch runs
+  next. Priority grows with the age of a request's pending token, which bounds
+  its stall without ever blocking prompts for longer than one iteration;
+  admission to decode is oldest first."""
 
   def __init__(self, prompts: FCFSPromptBatcher, tokens: ContinuousTokenBatcher,
                max_preemptions: int):
@@ -72,14 +73,18 @@ class MixedStep:
     self.prompts, self.tokens, self.cap = prompts, tokens, max_preemptions
 
   def next_work(self, inst: Instance, now: float) -> Work | None:
-    capped = any(r.preemptions >= self.cap for r in inst.decoding.values())
-    if inst.prompt_queue and not capped:
+    overdue = any(r.stalled >= self.cap for r in inst.decoding.values())
+    if inst.prompt_queue and not overdue:
       batch = self.prompts.next_batch(inst)
       if batch:
         for r in inst.decoding.values():
           r.preemptions += 1
+          r.stalled += 1
         return _prefill_work(inst, batch, now)
-    return _decode_work(inst, self.tokens.admit(inst), now)
+    work = _decode_work(inst, self.tokens.admit(inst), now)
+    for r in work.decode if work else ():
+      r.stalled = 0
+    return work
 
 
 class ColocatedStep:

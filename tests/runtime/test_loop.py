@@ -100,7 +100,9 @@ def test_mixed_pool_borrows_under_a_burst_preempts_and_gives_back():
   assert all(i.role == i.home for i in coord.instances)
   assert result.summary.completed == 30
   preempted = [r for r in result.records if r.preemptions]
-  assert preempted and all(r.preemptions <= 2 for r in preempted)     # resumed and finished
+  assert preempted and all(r.status == RequestStatus.COMPLETED for r in preempted)
+  # No token gap longer than 2 prompt batches (~0.09 s each here) plus the decode step.
+  assert max(g for r in preempted for g in r.itl_s) < 3 * 0.1
   assert any(w.instance.home.value == "token" and w.prefill for w in ex.launched)
   # Same tokens as without the mixed pool: scheduling changes timing, never tokens.
   plain, _, _ = _run(burst, ClusterPolicy.SPLIT, False, n_prompt=1, n_token=3)

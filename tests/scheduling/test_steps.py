@@ -13,7 +13,7 @@ def _decoding(i, r):
   i.decoding[r.request_id] = r
 
 
-def test_mixed_step_prompts_first_until_the_preemption_cap():
+def test_mixed_step_prompts_first_with_a_cap_on_consecutive_preemptions():
   m = inst("m", Role.TOKEN)
   m.role = Role.MIXED
   old = req(0, 10, 100, token_inst="m")
@@ -29,8 +29,9 @@ def test_mixed_step_prompts_first_until_the_preemption_cap():
         del m.prefilling[r.request_id]
         del m.held[r.request_id]
         m.kv.free(r.request_id)
-  assert kinds == [WorkKind.PREFILL, WorkKind.PREFILL, WorkKind.DECODE, WorkKind.DECODE]
-  assert old.preemptions == 2 and len(m.prompt_queue) == 2   # capped: token work now wins
+  # Two prompt batches in a row, then the overdue token batch, then prompts again.
+  assert kinds == [WorkKind.PREFILL, WorkKind.PREFILL, WorkKind.DECODE, WorkKind.PREFILL]
+  assert old.preemptions == 3 and old.stalled == 1 and not m.prompt_queue
 
 
 def test_colocated_prefers_prefill_then_decodes():
