@@ -29,6 +29,7 @@ class KVMemory:
   def __post_init__(self):
     if self.capacity_tokens <= 0 or self.block_tokens <= 0:
       raise ValueError("capacity_tokens and block_tokens must be positive")
+    self.notify = lambda: None      # called after every change (Instance change tracking)
 
   @property
   def total_blocks(self) -> int:
@@ -65,12 +66,14 @@ class KVMemory:
     blocks = self.blocks_for(tokens)
     self._held[request_id] = blocks
     self._used += blocks
+    self.notify()
 
   def free(self, request_id: int) -> None:
     blocks = self._held.pop(request_id, None)
     if blocks is None:
       raise KVMemoryError(f"request {request_id} holds no KV memory")
     self._used -= blocks
+    self.notify()
 
   def holds(self, request_id: int) -> bool:
     return request_id in self._held

@@ -22,6 +22,7 @@ or leap mode alike).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from splitjax.scheduling.records import Instance, Role
@@ -41,6 +42,14 @@ class MixedPool:
     if borrow_prompt_tokens <= 0 or not 0.0 < borrow_kv_fraction <= 1.0:
       raise ValueError("borrow_prompt_tokens must be > 0 and borrow_kv_fraction in (0, 1]")
     self.prompt_limit, self.kv_limit = borrow_prompt_tokens, borrow_kv_fraction
+    # Per-instance (role, pending prompt tokens, token pressure), refreshed only
+    # for instances that reported a change (Instance.on_change), and running
+    # totals over them, so the common "nothing to do" check costs O(changes).
+    self._bound: Sequence[Instance] | None = None
+    self._loads: dict[int, tuple] = {}
+    self._stale: set[Instance] = set()
+    self._prompt_sum = self._n_prompt = self._n_token = self._n_mixed = 0
+    self._pressure_sum = 0.0
 
   def _pressure(self, lender: Role, serving: Sequence[Instance]) -> float:
     """Pressure on the phase that instances of home ``lender`` are lent to."""
@@ -57,21 +66,52 @@ class MixedPool:
     own = Role.PROMPT if lender == Role.TOKEN else Role.TOKEN
     return [i for i in instances if i is not skip and i.role in (own, Role.MIXED)]
 
-  def _quiet(self, instances: Sequence[Instance]) -> bool:
-    """No mixed pool and no pressure: nothing to do (one pass, the common case)."""
-    prompt = token = n_prompt = n_token = 0
+  def _bind(self, instances: Sequence[Instance]) -> None:
+    if self._bound is instances:
+      return
+    self._bound, self._loads, self._stale = instances, {}, set(instances)
+    self._prompt_sum = self._n_prompt = self._n_token = self._n_mixed = 0
+    self._pressure_sum = 0.0
     for i in instances:
-      role = i.role
-      if role == Role.PROMPT:
-        prompt += i.pending_prompt_tokens
-        n_prompt += 1
-      elif role == Role.TOKEN:
-        token += i.token_pressure
-        n_token += 1
-      else:
-        return False
-    return ((not n_prompt or prompt <= self.prompt_limit * n_prompt)
-            and (not n_token or token <= self.kv_limit * n_token))
+      i.on_change = self._stale.add
+
+  def _account(self, load: tuple, sign: int) -> None:
+    role, pending, pressure = load
+    if role == Role.PROMPT:
+      self._prompt_sum += sign * pending
+      self._n_prompt += sign
+    elif role == Role.TOKEN:
+      self._pressure_sum += sign * pressure
+      self._n_token += sign
+    else:
+      self._n_mixed += sign
+
+  def _quiet(self, instances: Sequence[Instance]) -> bool:
+    """No mixed pool and no pressure: nothing to do (the common case).
+
+    A pure function of the cluster state: the running float sum of token
+    pressures decides only when it is clearly on one side of the limit (its
+    rounding drift is far below the 1e-6 margin); near the limit the exact
+    (order-independent) ``math.fsum`` of the cached values decides.
+    """
+    self._bind(instances)
+    loads = self._loads
+    for i in self._stale:
+      old = loads.get(id(i))
+      if old is not None:
+        self._account(old, -1)
+      loads[id(i)] = new = (i.role, i.pending_prompt_tokens, i.token_pressure)
+      self._account(new, +1)
+    self._stale.clear()
+    if self._n_mixed or (self._n_prompt and
+                         self._prompt_sum > self.prompt_limit * self._n_prompt):
+      return False
+    if not self._n_token:
+      return True
+    bound = self.kv_limit * self._n_token
+    if abs(self._pressure_sum - bound) <= 1e-6 * self._n_token:
+      self._pressure_sum = math.fsum(p for role, _, p in loads.values() if role == Role.TOKEN)
+    return self._pressure_sum <= bound
 
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
     """Borrows and returns until the state is a fixed point; returns the changes."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+from typing import Callable
 
 from splitjax.scheduling.kv_memory import KVMemory
 
@@ -73,18 +74,22 @@ class TokenDeque(collections.deque):
   def __init__(self, weight):
     super().__init__()
     self.weight, self.tokens = weight, 0
+    self.notify = _nothing      # called after every change (Instance change tracking)
 
   def append(self, r):
     super().append(r)
     self.tokens += self.weight(r)
+    self.notify()
 
   def appendleft(self, r):
     super().appendleft(r)
     self.tokens += self.weight(r)
+    self.notify()
 
   def insert(self, i, r):
     super().insert(i, r)
     self.tokens += self.weight(r)
+    self.notify()
 
   def extend(self, rs):
     for r in rs:
@@ -93,20 +98,24 @@ class TokenDeque(collections.deque):
   def popleft(self):
     r = super().popleft()
     self.tokens -= self.weight(r)
+    self.notify()
     return r
 
   def pop(self):
     r = super().pop()
     self.tokens -= self.weight(r)
+    self.notify()
     return r
 
   def remove(self, r):
     super().remove(r)
     self.tokens -= self.weight(r)
+    self.notify()
 
   def clear(self):
     super().clear()
     self.tokens = 0
+    self.notify()
 
 
 class TokenDict(dict):
@@ -117,21 +126,25 @@ class TokenDict(dict):
   def __init__(self, weight):
     super().__init__()
     self.weight, self.tokens, self._w = weight, 0, {}
+    self.notify = _nothing      # called after every change (Instance change tracking)
 
   def __setitem__(self, key, r):
     self.tokens -= self._w.get(key, 0)
     self._w[key] = w = self.weight(r)
     self.tokens += w
     super().__setitem__(key, r)
+    self.notify()
 
   def __delitem__(self, key):
     super().__delitem__(key)
     self.tokens -= self._w.pop(key)
+    self.notify()
 
   def pop(self, key, *default):
     if key in self:
       r = super().pop(key)
       self.tokens -= self._w.pop(key)
+      self.notify()
       return r
     if default:
       return default[0]
@@ -141,6 +154,7 @@ class TokenDict(dict):
     super().clear()
     self._w.clear()
     self.tokens = 0
+    self.notify()
 
   def reweigh(self, key) -> None:
     self[key] = self[key]
@@ -148,6 +162,7 @@ class TokenDict(dict):
   def popitem(self):
     key, r = super().popitem()
     self.tokens -= self._w.pop(key)
+    self.notify()
     return key, r
 
   def update(self, *args, **kw):
@@ -160,6 +175,10 @@ class TokenDict(dict):
     return self[key]
 
 
+def _nothing() -> None:
+  pass
+
+
 def _prompt_tokens(r: Request) -> int:
   return r.prompt_tokens
 
@@ -170,6 +189,10 @@ def _prompt_left(r: Request) -> int:
 
 def _total_tokens(r: Request) -> int:
   return r.total_tokens
+
+
+def _no_tokens(r: Request) -> int:
+  return 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -198,16 +221,30 @@ class Instance:
   prefilling: TokenDict = dataclasses.field(default_factory=lambda: TokenDict(_prompt_left))
   incoming: TokenDict = dataclasses.field(default_factory=lambda: TokenDict(_total_tokens))
   decode_queue: collections.deque = dataclasses.field(default_factory=collections.deque)
-  decoding: dict = dataclasses.field(default_factory=dict)
+  decoding: TokenDict = dataclasses.field(default_factory=lambda: TokenDict(_no_tokens))
   held: dict = dataclasses.field(default_factory=dict)
   free_slots: list = dataclasses.field(default_factory=list)
   busy: bool = False
   returning: bool = False
+  # Called with this instance whenever its role, queues or KV change (set by
+  # whoever caches loads, e.g. the mixed pool); not part of the state.
+  on_change: Callable | None = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
     if self.role is None:
       self.role = self.home
     self.free_slots = list(range(self.decode_slots))
+    for tracked in (self.prompt_queue, self.prefilling, self.incoming, self.decoding, self.kv):
+      tracked.notify = self._changed
+
+  def _changed(self) -> None:
+    if self.on_change is not None:
+      self.on_change(self)
+
+  def __setattr__(self, name, value):
+    super().__setattr__(name, value)
+    if name == "role":
+      self._changed()
 
   # ---------------------------------------------------------------- loads
   @property
