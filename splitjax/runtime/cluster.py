@@ -42,10 +42,7 @@ class Cluster:
     self.cfg = cfg
     c, s = cfg.cluster, cfg.scheduler
     self.roles = home_roles(s, c.prompt_instances, c.token_instances, c.colocated_instances)
-    size = c.instance_mesh.size
-    meshes = [mesh_lib.make_mesh(dataclasses.replace(
-        c.instance_mesh, first_device=c.instance_mesh.first_device + i * size), devices)
-        for i in range(len(self.roles))]
+    meshes = [mesh_lib.make_mesh(m, devices) for m in instance_mesh_configs(cfg)]
     mesh_lib.check_disjoint(*meshes)
     self.engines = [Engine(defs, cfg.engine, m) for m in meshes]
     self.params = [e.place_params(params) for e in self.engines]

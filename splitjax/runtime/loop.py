@@ -67,7 +67,6 @@ class _Run:
                                                 s.output_tokens) for s in specs}
     if len(self.records) != len(specs):
       raise ValueError("request ids must be unique")
-    self.requests: dict[int, Request] = {}
     self.timeline: list[PoolSample] = []
     self.next_sample = 0.0
     self.ended = 0              # requests completed, failed or rejected so far
@@ -75,14 +74,7 @@ class _Run:
   def admit_arrivals(self, now: float) -> None:
     while self.arrivals and self.arrivals[0].arrival_s <= now:
       s = self.arrivals.popleft()
-      r = Request(s.request_id, s.arrival_s, s.prompt_tokens, s.output_tokens)
-      reason = self.coord.submit(r)
-      rec = self.records[s.request_id]
-      if reason is None:
-        self.requests[r.request_id] = r
-        rec.prompt_instance, rec.token_instance = r.prompt_instance, r.token_instance
-      else:
-        rec.finish(RequestStatus.REJECTED, reason)
+      if admit(self.coord, s, self.records[s.request_id]) is None:
         self.ended += 1
 
   def apply(self, events) -> None:
@@ -117,8 +109,6 @@ class _Run:
       launched = True
       for r in list(work.prefill) + [c.request for c in work.chunks if c.start == 0]:
         self.records[r.request_id].scheduled_s = now
-      for r in work.decode:
-        self.records[r.request_id].preemptions = r.preemptions
       self.ex.launch(work, now)
     return launched
 
@@ -134,7 +124,6 @@ class _Run:
     rec.finish(status, reason)
     self.ended += 1
     self.ex.release(r)
-    self.requests.pop(r.request_id, None)
 
   def _fail(self, r: Request, reason: str) -> None:
     if r.phase != Phase.FINISHED:
@@ -146,6 +135,18 @@ class _Run:
     for r in list(self.coord.requests_in_flight()):
       self._fail(r, f"could not be scheduled (stuck in phase {r.phase.value} on "
                     f"{r.token_instance if r.phase != Phase.QUEUED else r.prompt_instance})")
+
+
+def admit(coord: Coordinator, spec: RequestSpec, rec: RequestRecord) -> Request | None:
+  """Submits an arrived request; records where it goes, or its rejection.
+  Returns the accepted Request, or None if it was rejected."""
+  r = Request(spec.request_id, spec.arrival_s, spec.prompt_tokens, spec.output_tokens)
+  reason = coord.submit(r)
+  if reason is not None:
+    rec.finish(RequestStatus.REJECTED, reason)
+    return None
+  rec.prompt_instance, rec.token_instance = r.prompt_instance, r.token_instance
+  return r
 
 
 def _requests_of(work: Work) -> list[Request]:

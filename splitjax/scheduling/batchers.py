@@ -9,6 +9,15 @@ from __future__ import annotations
 from splitjax.scheduling.records import Instance, Phase, Request
 
 
+def start_local_prefill(inst: Instance, r: Request) -> None:
+  """``r`` (decoded on ``inst`` too) takes its slot and prompt + output KV and
+  starts prefilling here."""
+  inst.incoming.pop(r.request_id, None)
+  inst.take_slot(r)
+  r.phase = Phase.PREFILLING
+  inst.prefilling[r.request_id] = r
+
+
 class FCFSPromptBatcher:
   """First come, first served prompt batches of at most ``token_budget`` tokens.
 
@@ -40,13 +49,12 @@ class FCFSPromptBatcher:
         break
       q.popleft()
       if local:
-        inst.incoming.pop(r.request_id, None)
-        inst.take_slot(r)
+        start_local_prefill(inst, r)
       else:
         inst.kv.allocate(r.request_id, r.prompt_tokens)
         inst.held[r.request_id] = r
-      r.phase = Phase.PREFILLING
-      inst.prefilling[r.request_id] = r
+        r.phase = Phase.PREFILLING
+        inst.prefilling[r.request_id] = r
       batch.append(r)
       tokens += r.prompt_tokens
     return batch

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from splitjax.scheduling.batchers import ContinuousTokenBatcher, FCFSPromptBatcher
-from splitjax.scheduling.records import Chunk, Instance, Phase, Work, WorkKind
+from splitjax.scheduling.batchers import (ContinuousTokenBatcher, FCFSPromptBatcher,
+                                          start_local_prefill)
+from splitjax.scheduling.records import Chunk, Instance, Work, WorkKind
 
 
 class StepPolicy(Protocol):
@@ -127,10 +128,7 @@ class ChunkedColocatedStep:
     q = inst.prompt_queue
     while room > 0 and q and inst.can_take_slot(q[0].total_tokens):
       r = q.popleft()
-      inst.incoming.pop(r.request_id, None)
-      inst.take_slot(r)
-      r.phase = Phase.PREFILLING
-      inst.prefilling[r.request_id] = r
+      start_local_prefill(inst, r)
       n = min(room, r.prompt_tokens)
       chunks.append(Chunk(r, 0, n))
       room -= n

@@ -25,9 +25,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from splitjax.metrics import RequestRecord, RequestStatus, summarize
-from splitjax.runtime.loop import RunResult, pool_sample
+from splitjax.runtime.loop import RunResult, admit, pool_sample
 from splitjax.scheduling.coordinator import Coordinator
-from splitjax.scheduling.records import Instance, Phase, Request, Work, WorkKind
+from splitjax.scheduling.records import Instance, Request, Work, WorkKind
 from splitjax.sim.perf_model import PerfModel
 from splitjax.workload import RequestSpec
 
@@ -116,14 +116,8 @@ class Simulator:
   def _handle(self, kind: int, obj) -> set:
     by_name = self.coord.by_name
     if kind == _ARRIVAL:
-      r = Request(obj.request_id, obj.arrival_s, obj.prompt_tokens, obj.output_tokens)
-      reason = self.coord.submit(r)
-      rec = self.records[r.request_id]
-      if reason is not None:
-        rec.finish(RequestStatus.REJECTED, reason)
-        return set()
-      rec.prompt_instance, rec.token_instance = r.prompt_instance, r.token_instance
-      return {by_name[r.prompt_instance], by_name[r.token_instance]}
+      r = admit(self.coord, obj, self.records[obj.request_id])
+      return set() if r is None else {by_name[r.prompt_instance], by_name[r.token_instance]}
     if kind == _LANDED:
       r = obj
       rec = self.records[r.request_id]
