@@ -1,24 +1,19 @@
 """scripts/generate.py end to end, as a user runs it (subprocesses)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import hf_models
+from tests.scripts.run_script import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["1,2,3,4,5,6", "300,7,9", ",".join(str(i) for i in range(20, 90))]
 
 
 def _run(*args, check=True):
-  cmd = [sys.executable, str(ROOT / "scripts" / "generate.py"), *args]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
-  return proc
+  return run_script("generate.py", *args, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts.run_script import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--config.workload.max_prompt_tokens=60", "--config.workload.max_output_tokens=4",
@@ -22,11 +22,7 @@ def _trace(path: Path, rows) -> Path:
 
 
 def _serve(*args, check=True):
-  cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), *args]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
-  return proc
+  return run_script("serve.py", *args, check=check, timeout=600)
 
 
 @pytest.mark.parametrize("config", ["split", "colocated_chunked"])

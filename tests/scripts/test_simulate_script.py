@@ -2,13 +2,12 @@
 and rejects bad input with a clear message."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from splitjax.sim.perf_model import default_profile_path
+from tests.scripts.run_script import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_profiles = pytest.mark.skipif(not default_profile_path().exists(),
@@ -23,11 +22,7 @@ def _trace(path: Path) -> Path:
 
 
 def _simulate(*args, check=True):
-  cmd = [sys.executable, str(ROOT / "scripts" / "simulate.py"), *args]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
-  return proc
+  return run_script("simulate.py", *args, check=check)
 
 
 @needs_profiles
