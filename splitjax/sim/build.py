@@ -26,7 +26,10 @@ def kv_capacity_tokens(cfg: SimConfig, hw: Hardware) -> int:
   return int(free * cfg.cluster.kv_memory_fraction) // m.kv_bytes_per_token()
 
 
-def _perf_model(cfg: SimConfig, hw: Hardware) -> PerfModel:
+def perf_model(cfg: SimConfig, hw: Hardware) -> PerfModel:
+  """The run's perf-model kind (profile / roofline) for ``cfg.model`` on one whole
+  ``hw`` machine (tp = its devices): what every instance of that kind uses, and
+  what the SLO reference machine uses (``splitjax.sim.slo``)."""
   c = cfg.cluster
   if c.perf_model == PerfModelKind.ROOFLINE:
     return RooflineModel(cfg.model, hw, tp=hw.devices_per_machine)
@@ -45,7 +48,7 @@ def build(cfg: SimConfig) -> tuple[Simulator, list[workload.RequestSpec]]:
   for role, pool in pools:
     hw = get_hardware(pool.hardware)
     if hw.name not in models:
-      models[hw.name] = _perf_model(cfg, hw)
+      models[hw.name] = perf_model(cfg, hw)
     cap = kv_capacity_tokens(cfg, hw)
     for n in range(pool.machines):
       inst = Instance(f"{role.value}{n}", role, KVMemory(cap, s.kv_block_tokens), c.max_batch,

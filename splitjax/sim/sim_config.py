@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 
 from splitjax.config import ConfigError, ModelConfig, TransferMode
 from splitjax.serve_config import ClusterPolicy, SchedulerConfig, WorkloadConfig
@@ -49,12 +50,33 @@ class SimClusterConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SLOConfig:
+  """The paper's latency SLOs: slowdown limits (measured latency / the same request's
+  latency alone on an unloaded ``reference_hardware`` machine, dimensionless) at the
+  p50 / p90 / p99 of completed requests. All nine must hold."""
+  reference_hardware: str = "dgx-a100"    # catalog machine kind (hardware_catalog.json)
+  ttft: tuple[float, ...] = (2.0, 3.0, 6.0)
+  tbt: tuple[float, ...] = (1.25, 1.5, 5.0)
+  e2e: tuple[float, ...] = (1.25, 1.5, 5.0)
+
+  def __post_init__(self):
+    if not self.reference_hardware:
+      raise ConfigError("slo.reference_hardware must name a catalog machine kind")
+    for name in ("ttft", "tbt", "e2e"):
+      limits = getattr(self, name)
+      if len(limits) != 3 or not all(0.0 < x < math.inf for x in limits):
+        raise ConfigError(f"slo.{name} must be three positive finite slowdown limits "
+                          f"(p50, p90, p99), got {limits!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SimConfig:
   """Everything ``scripts/simulate.py`` needs."""
   model: ModelConfig
   cluster: SimClusterConfig = SimClusterConfig()
   scheduler: SchedulerConfig = SchedulerConfig()
   workload: WorkloadConfig = WorkloadConfig()
+  slo: SLOConfig = SLOConfig()
   leap: bool = True                # False: step every decode iteration (reference mode)
   sample_every_s: float = 1.0      # pool-occupancy timeline resolution
 
