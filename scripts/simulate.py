@@ -1,9 +1,11 @@
 """Simulate a cluster serving a workload, driving the real scheduling policies.
 
-  python scripts/simulate.py --config configs/sim_splitwise_hh.py --output_dir runs/sim_hh
+  python scripts/simulate.py --config configs/sim/splitwise_hh.py --output_dir runs/sim_hh
 
-Writes DIR/summary.json (the schema of scripts/serve.py), DIR/requests.csv and
-DIR/timeline.csv, and prints the same table. No jax is imported.
+Writes DIR/summary.json (the schema of scripts/serve.py plus ``slowdown`` and
+``slo``: latencies against the same requests alone on the SLO reference machine,
+and the paper's nine SLOs), DIR/requests.csv and DIR/timeline.csv, and prints
+the same table and the SLO verdict. No jax is imported.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from splitjax import cli  # noqa: E402
 
-_CONFIG = cli.define_config(cli.repo_path("configs", "sim_splitwise_hh.py"),
+_CONFIG = cli.define_config(cli.repo_path("configs", "sim", "splitwise_hh.py"),
                             "Simulation config file.")
 _OUTPUT = flags.DEFINE_string("output_dir", "runs/sim", "Where the result files go.")
 _REQUESTS = flags.DEFINE_bool("write_requests", True, "Write requests.csv (one row per request).")
@@ -30,6 +32,7 @@ def main(argv):
   from splitjax import report, workload
   from splitjax.config import ConfigError, from_config_dict
   from splitjax.metrics import write_requests_csv, write_timeline_csv
+  from splitjax.sim import slo
   from splitjax.sim.build import build
   from splitjax.sim.hardware import HardwareError
   from splitjax.sim.perf_model import PerfModelError
@@ -38,17 +41,21 @@ def main(argv):
   try:
     cfg = from_config_dict(SimConfig, _CONFIG.value)
     sim, specs = build(cfg)
+    reference = slo.reference_perf_model(cfg)
   except (ConfigError, workload.TraceError, HardwareError, PerfModelError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   t1 = time.perf_counter()
   result = sim.run(specs)
   t2 = time.perf_counter()
+  slos = slo.check(slo.slowdowns(result.records, reference), cfg.slo)
+  t3 = time.perf_counter()
   out = Path(_OUTPUT.value)
   out.mkdir(parents=True, exist_ok=True)
   summary = result.to_dict()
+  summary["slowdown"], summary["slo"] = slos.slowdown_dict(), slos.slo_dict()
   summary["simulation"] = {"events": sim.events, "leap": cfg.leap, "setup_s": t1 - t0,
-                           "run_s": t2 - t1}
+                           "run_s": t2 - t1, "slo_s": t3 - t2}
   (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
   if _REQUESTS.value:
     write_requests_csv(result.records, out / "requests.csv")
@@ -57,6 +64,7 @@ def main(argv):
         f"{cfg.scheduler.policy.value}{' + mixed pool' if cfg.scheduler.mixed_pool else ''}; "
         f"{len(specs)} requests over {max((s.arrival_s for s in specs), default=0):.0f} s")
   print(report.summary_table(summary))
+  print(f"{slos.line()} (vs alone on {cfg.slo.reference_hardware})")
   print(f"simulated {sim.events} events in {t2 - t1:.2f} s (setup {t1 - t0:.2f} s); "
         f"wrote {out}")
   return 0

@@ -92,3 +92,35 @@ class SimConfig:
                         f"cluster.colocated.machines > 0")
     if self.sample_every_s <= 0:
       raise ConfigError("sample_every_s must be positive")
+
+
+def design_config_dict(*, prompt: PoolConfig | None = None, token: PoolConfig | None = None,
+                       colocated: PoolConfig | None = None, model: str = "llama2-70b"):
+  """The ml_collections ConfigDict of one of the paper's cluster designs
+  (``configs/sim/*.py``): ``model`` on the whole one-hour Azure conversation trace
+  (``../shared/data``), profile perf models, the paper's SLOs against DGX-A100.
+
+  ``prompt`` + ``token``: a Splitwise design (split policy, mixed pool on);
+  ``colocated``: a baseline (every machine runs both phases, prefill first).
+  The pools a design does not use get 0 machines.
+  """
+  import ml_collections
+
+  from splitjax.config_defaults import section
+  from splitjax.model.presets import preset_config_dict
+  split = colocated is None
+  if {split} != {prompt is not None, token is not None}:
+    raise ValueError("give prompt and token pools (split) or a colocated pool (baseline)")
+  hw = (prompt if split else colocated).hardware
+  unused = PoolConfig(0, hw)
+  c = ml_collections.ConfigDict()
+  c.model = preset_config_dict(model)
+  c.cluster = section(SimClusterConfig(prompt=prompt or unused, token=token or unused,
+                                       colocated=colocated or unused))
+  c.scheduler = section(SchedulerConfig(
+      policy=ClusterPolicy.SPLIT if split else ClusterPolicy.COLOCATED, mixed_pool=split))
+  c.workload = section(WorkloadConfig(trace="conv", duration_s=0.0))
+  c.slo = section(SLOConfig())
+  c.leap = True                 # False: step every decode iteration (reference mode)
+  c.sample_every_s = 1.0        # pool-occupancy timeline resolution, seconds
+  return c

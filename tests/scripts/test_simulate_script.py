@@ -1,17 +1,30 @@
 """scripts/simulate.py end to end (subprocess): runs without jax, is deterministic,
-and rejects bad input with a clear message."""
+writes slowdowns and the SLO verdict, and rejects bad input with a clear message;
+every configs/sim/*.py design builds and runs."""
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from splitjax.config import from_config_dict
+from splitjax.metrics import RequestStatus
+from splitjax.serve_config import ClusterPolicy
+from splitjax.sim import slo
+from splitjax.sim.build import build
+from splitjax.sim.hardware import get_hardware
 from splitjax.sim.perf_model import default_profile_path
+from splitjax.sim.sim_config import SimConfig
+from splitjax.workload import shared_trace_path
 from tests.scripts.run_script import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
+DESIGNS = sorted((ROOT / "configs" / "sim").glob("[!_]*.py"))
 needs_profiles = pytest.mark.skipif(not default_profile_path().exists(),
                                     reason="needs ../shared/data/splitwise-profiles")
+needs_conv = pytest.mark.skipif(not shared_trace_path("conv").exists(),
+                                reason="needs ../shared/data/azure-llm-2023 (conversation trace)")
 
 
 def _trace(path: Path) -> Path:
@@ -31,13 +44,20 @@ def test_simulate_is_deterministic(tmp_path):
   outs = []
   for run in range(2):
     out = tmp_path / f"out{run}"
-    _simulate(f"--config.workload.trace={trace}", "--config.cluster.prompt.machines=2",
-              "--config.cluster.token.machines=1", f"--output_dir={out}")
+    proc = _simulate(f"--config.workload.trace={trace}", "--config.cluster.prompt.machines=2",
+                     "--config.cluster.token.machines=1", f"--output_dir={out}")
+    assert "SLO met" in proc.stdout or "SLO NOT met" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("simulation")                      # wall-clock timings of the simulator
     outs.append(summary)
   assert outs[0] == outs[1]
   assert outs[0]["requests"]["submitted"] == outs[0]["requests"]["completed"] == 40
+  assert set(outs[0]["slowdown"]) == {"ttft", "tbt", "e2e"}
+  assert all(set(v) == {"p50", "p90", "p99"} for v in outs[0]["slowdown"].values())
+  checks = outs[0]["slo"]["per_metric"]
+  assert len(checks) == 9 and checks["ttft_p50"]["limit"] == 2.0
+  assert outs[0]["slo"]["met"] == all(c["met"] for c in checks.values())
+  assert checks["tbt_p99"]["slowdown"] == outs[0]["slowdown"]["tbt"]["p99"]
   csv_rows = (tmp_path / "out0" / "requests.csv").read_text().splitlines()
   assert len(csv_rows) == 41
 
@@ -52,3 +72,54 @@ def test_simulate_bad_input_is_a_clear_error(tmp_path):
   bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:00,10,2\nx,1\n")
   proc = _simulate(f"--config.workload.trace={bad}", check=False)
   assert proc.returncode == 2 and f"{bad}:3" in proc.stderr
+  proc = _simulate("--config.slo.ttft=(2.0, 3.0)", check=False)
+  assert proc.returncode == 2 and "slo.ttft" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_profiles
+def test_simulate_reference_machine_without_a_profile_is_a_clear_error(tmp_path):
+  proc = _simulate(f"--config.workload.trace={_trace(tmp_path / 't.csv')}",
+                   "--config.slo.reference_hardware=cpu-host", check=False)
+  assert proc.returncode == 2 and "SLO reference machine 'cpu-host'" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def _design(path: Path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_there_are_the_six_designs_of_the_paper():
+  assert [p.stem for p in DESIGNS] == ["baseline_a100", "baseline_h100", "splitwise_aa",
+                                       "splitwise_ha", "splitwise_hh", "splitwise_hhcap"]
+
+
+@pytest.mark.parametrize("path", DESIGNS, ids=lambda p: p.stem)
+def test_designs_fit_the_iso_power_budget_of_40_dgx_h100(path):
+  """GPU power (Table I): 40 x 8 x 700 W = 224 kW; a design leaves less than one
+  machine of it unused."""
+  cfg = from_config_dict(SimConfig, _design(path))
+  pools = ([cfg.cluster.prompt, cfg.cluster.token]
+           if cfg.scheduler.policy == ClusterPolicy.SPLIT else [cfg.cluster.colocated])
+  gpu_w = lambda hw: hw.devices_per_machine * hw.device_power_w * hw.power_cap_fraction
+  watts = [(p.machines, gpu_w(get_hardware(p.hardware))) for p in pools]
+  used = sum(n * w for n, w in watts)
+  assert 224e3 - max(w for _, w in watts) < used <= 224e3 + 1e-6
+  assert cfg.scheduler.mixed_pool == (cfg.scheduler.policy == ClusterPolicy.SPLIT)
+  assert cfg.model.name == "llama2-70b" and cfg.workload.duration_s == 0.0
+
+
+@needs_profiles
+@needs_conv
+@pytest.mark.parametrize("path", DESIGNS, ids=lambda p: p.stem)
+def test_every_design_builds_and_runs_on_a_trace_window(path):
+  c = _design(path)
+  c.workload.duration_s = 20.0
+  cfg = from_config_dict(SimConfig, c)
+  sim, specs = build(cfg)
+  result = sim.run(specs)
+  assert specs and all(r.status == RequestStatus.COMPLETED for r in result.records)
+  report = slo.evaluate(cfg, result.records)
+  assert len(report.checks) == 9 and report.slowdown_dict()["e2e"]["p50"] > 0
