@@ -27,6 +27,14 @@ the serving cluster would run it so (``--prefill=auto``: split policy and the
 cluster's transfer mode). Combos over --max_batch_tokens, the largest prefill
 bucket or the decode cache are skipped and listed. The machine is shared: a
 quiet-machine check runs before and after and is printed.
+
+``--concurrent N`` builds N replicas on consecutive instance meshes (devices
+0.., N x the mesh size of them) and runs every prefill and decode step on all N
+at once: the rows are then the times of an instance while N - 1 others are
+equally busy on the same host (virtual CPU devices share its cores).
+``--tensor_parallel`` overrides the tensor_parallel column, e.g. 1 to file the
+tp=2 virtual-device mesh under the ``cpu-host`` machine kind, which has one
+(physical) device.
 """
 
 from __future__ import annotations
@@ -66,6 +74,10 @@ _DEVICES = flags.DEFINE_integer("num_cpu_devices", 8, "Virtual CPU devices (CPU 
 _CACHE = flags.DEFINE_string("compilation_cache_dir", cli.repo_path(".cache", "jax"),
                              "Persistent XLA compilation cache ('' to disable).")
 _REQUIRE_QUIET = flags.DEFINE_bool("require_quiet", False, "Abort if the machine is busy.")
+_CONCURRENT = flags.DEFINE_integer("concurrent", 1, "Replicas on consecutive instance meshes "
+                                   "running every measurement at once (times until all finish).")
+_TP_COLUMN = flags.DEFINE_integer("tensor_parallel", 0, "Value of the tensor_parallel column; "
+                                  "0 -> the instance mesh's tp.")
 
 
 def _check_flags() -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -81,6 +93,9 @@ def _check_flags() -> tuple[tuple[int, ...], tuple[int, ...]]:
     raise ValueError(f"--max_batch_tokens must be positive, got {_MAX_TOKENS.value}")
   if not _HARDWARE.value.strip():
     raise ValueError("--hardware must not be empty")
+  if _CONCURRENT.value < 1 or _TP_COLUMN.value < 0:
+    raise ValueError(f"--concurrent must be >= 1 and --tensor_parallel >= 0, got "
+                     f"{_CONCURRENT.value} and {_TP_COLUMN.value}")
   return prompts, batches
 
 
@@ -90,24 +105,38 @@ def _parse(items, what):
 
 
 def _build(batch_sizes: tuple[int, ...]):
-  """(cfg, model config, mesh config, prefill engine, decode engine for a batch, params)."""
+  """(cfg, model config, mesh config of replica 0, [ProfileReplica] on consecutive
+  instance meshes, --concurrent of them)."""
   import dataclasses
 
-  from splitjax import mesh as mesh_lib
   from splitjax.config import from_config_dict
-  from splitjax.engine.engine import Engine
   from splitjax.model.loading import load_model
   from splitjax.serve_config import ServeConfig
 
   cfg = from_config_dict(ServeConfig, _CONFIG.value)
   defs, params, model = load_model(_CHECKPOINT.value, cfg.model, cfg.seed)
   mesh_cfg = dataclasses.replace(cfg.cluster.instance_mesh, first_device=0)
+  replicas = [_replica(cfg, defs, params, batch_sizes,
+                       dataclasses.replace(mesh_cfg, first_device=i * mesh_cfg.size))
+              for i in range(_CONCURRENT.value)]
+  return cfg, model, mesh_cfg, replicas
+
+
+def _replica(cfg, defs, params, batch_sizes: tuple[int, ...], mesh_cfg):
+  """A ProfileReplica on ``mesh_cfg``: one engine with max(batch sizes) slots that
+  prefills (and decodes, ``--slots=max``) or one decode engine per batch size."""
+  import dataclasses
+
+  from splitjax import mesh as mesh_lib
+  from splitjax.engine.engine import Engine
+  from splitjax.profiling import ProfileReplica
+
   mesh = mesh_lib.make_mesh(mesh_cfg)
   dp = mesh_cfg.dp
   slots = lambda b: -(-b // dp) * dp
   engine_for = lambda b: Engine(defs, dataclasses.replace(cfg.engine, decode_slots=slots(b)), mesh)
   shared = engine_for(max(batch_sizes))
-  params = shared.place_params(params)
+  placed = shared.place_params(params)
   engines = {slots(max(batch_sizes)): shared}
 
   def decode_engine_for(b: int):
@@ -116,7 +145,7 @@ def _build(batch_sizes: tuple[int, ...]):
     if slots(b) not in engines:
       engines[slots(b)] = engine_for(b)
     return engines[slots(b)]
-  return cfg, model, mesh_cfg, shared, decode_engine_for, params
+  return ProfileReplica(shared, decode_engine_for, placed)
 
 
 def _layerwise_rule(cfg):
@@ -180,6 +209,10 @@ def _print_setup(model, mesh_cfg, engine, skipped) -> None:
         f"{list(range(mesh_cfg.size))}; decode cache {engine.max_cache_len} positions; "
         f"decode slots {'max(batch sizes)' if _SLOTS.value == 'max' else 'per batch size'} "
         f"({engine.cfg.decode_slots})")
+  if _CONCURRENT.value > 1:
+    n = _CONCURRENT.value
+    print(f"concurrent: {n} replicas on devices {list(range(n * mesh_cfg.size))}, every "
+          f"measurement on all at once (times until the last one finishes)")
   for s in skipped:
     print(f"skipped prompt {s.prompt_size} x batch {s.batch_size}: {s.reason}")
 
@@ -200,10 +233,11 @@ def main(argv):
   from splitjax.model.hf_import import CheckpointError
 
   try:
-    cfg, model, mesh_cfg, engine, decode_for, params = _build(batches)
+    cfg, model, mesh_cfg, replicas = _build(batches)
   except (ConfigError, CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  engine = replicas[0].prefill_engine
   combos, skipped = profiling.plan(prompts, batches, _TOKENS.value,
                                    max_batch_tokens=_MAX_TOKENS.value,
                                    buckets=engine.cfg.prefill_buckets,
@@ -225,10 +259,12 @@ def main(argv):
           file=sys.stderr)
     return 2
   lw_rule = _layerwise_rule(cfg)
-  profiler = profiling.Profiler(engine, decode_for, params, layerwise=lw_rule,
-                                seed=cfg.prompt_seed)
+  first = replicas[0]
+  profiler = profiling.Profiler(first.prefill_engine, first.decode_engine_for, first.params,
+                                layerwise=lw_rule, seed=cfg.prompt_seed,
+                                concurrent=replicas[1:])
   meta = dict(model=model.name, hardware=_HARDWARE.value, token_size=_TOKENS.value,
-              tensor_parallel=mesh_cfg.tp)
+              tensor_parallel=_TP_COLUMN.value or mesh_cfg.tp)
   try:
     results = _run(profiler, combos, writer, meta, lw_rule)
   finally:

@@ -19,6 +19,11 @@ run on becomes a simulator profile. The schema is the header of the paper's
 
 One row per repeat, like the paper's file. Pure planning and CSV code here has
 no jax; :class:`Profiler` imports it lazily.
+
+Contention: given ``concurrent`` replicas (on other meshes of the same machine),
+the profiler runs every prefill and every decode step on all replicas at once and
+times until all of them are done. On CPU hosts where virtual devices share the
+cores, that is what an instance pays while others are busy.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import csv
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, TextIO
 
 if TYPE_CHECKING:
   from splitjax.engine.engine import Engine
@@ -148,20 +153,35 @@ class ProfileWriter:
     self._file.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class ProfileReplica:
+  """One model replica the profiler drives: the engine that prefills, the
+  engine whose decode slots a batch of a given size goes into (same mesh, at
+  least that many slots), and the weights placed on that mesh."""
+  prefill_engine: "Engine"
+  decode_engine_for: Callable[[int], "Engine"]
+  params: "Params"
+
+
 class Profiler:
   """Times prefill and decode of one model replica on one mesh.
 
   ``prefill_engine`` runs the prompts; ``decode_engine_for(batch_size)`` gives
   the engine whose slots the batch is inserted into (it must share the mesh
   and have at least ``batch_size`` slots). ``layerwise(prompt_size)`` says
-  whether a prefill runs as the layer-group chain.
+  whether a prefill runs as the layer-group chain. ``concurrent`` replicas (on
+  other meshes) run the same work at the same time; a time is then until every
+  replica has finished (lockstep: each program is dispatched on all replicas,
+  then all are awaited).
   """
 
   def __init__(self, prefill_engine: "Engine", decode_engine_for, params: "Params", *,
-               layerwise=lambda prompt_size: False, seed: int = 0):
+               layerwise=lambda prompt_size: False, seed: int = 0,
+               concurrent: Sequence[ProfileReplica] = ()):
     import jax
     import numpy as np
     self.engine, self.decode_engine_for, self.params = prefill_engine, decode_engine_for, params
+    self.replicas = [ProfileReplica(prefill_engine, decode_engine_for, params), *concurrent]
     self.layerwise = layerwise
     self.rng = np.random.default_rng(seed)
     self.key = jax.random.key(seed)
@@ -172,33 +192,41 @@ class Profiler:
     run (which compiles every program involved)."""
     vocab = self.engine.model.vocab_size
     prompts = list(self.rng.integers(0, vocab, size=(combo.batch_size, combo.prompt_size)))
-    batch = self.engine.make_batch(prompts, batch_size=combo.batch_size)
+    batches = [r.prefill_engine.make_batch(prompts, batch_size=combo.batch_size)
+               for r in self.replicas]
     lw = self.layerwise(combo.prompt_size)
-    self._once(batch, combo.batch_size, min(token_size - 1, 2), lw)
-    return [self._once(batch, combo.batch_size, token_size - 1, lw) for _ in range(repeats)]
+    self._once(batches, combo.batch_size, min(token_size - 1, 2), lw)
+    return [self._once(batches, combo.batch_size, token_size - 1, lw) for _ in range(repeats)]
 
-  def _once(self, batch, batch_size: int, steps: int, layerwise: bool) -> tuple[float, float]:
+  def _once(self, batches, batch_size: int, steps: int, layerwise: bool) -> tuple[float, float]:
     """One prefill, insert into slots [0, batch_size), ``steps`` decode steps,
-    release. Returns (prefill ms, mean ms per decode step)."""
+    release, on every replica at once. Returns (prefill ms, mean ms per decode
+    step), each until the last replica is done."""
     import jax
-    eng = self.decode_engine_for(batch_size)
-    state = self._states.pop(id(eng), None)
-    if state is None:
-      state = eng.init_decode_state()
+    reps = self.replicas
+    engs = [r.decode_engine_for(batch_size) for r in reps]
+    states = [self._states.pop(id(e), None) for e in engs]
+    states = [e.init_decode_state() if s is None else s for e, s in zip(engs, states)]
     t0 = time.perf_counter()
-    prefix = self.engine.prefill(self.params, batch, self.key, layerwise=layerwise)
-    jax.block_until_ready(prefix)
+    prefixes = [r.prefill_engine.prefill(r.params, b, self.key, layerwise=layerwise)
+                for r, b in zip(reps, batches)]
+    jax.block_until_ready(prefixes)
     prompt_ms = (time.perf_counter() - t0) * 1e3
-    for slot in range(batch_size):
-      state = eng.insert(prefix, state, slot, slot)
-    jax.block_until_ready(state)
+    for i, (eng, prefix) in enumerate(zip(engs, prefixes)):
+      for slot in range(batch_size):
+        states[i] = eng.insert(prefix, states[i], slot, slot)
+    jax.block_until_ready(states)
     step_s = []
     for _ in range(steps):
       t0 = time.perf_counter()
-      state, tokens = eng.decode(self.params, state, self.key)
-      tokens.block_until_ready()
+      tokens = []
+      for i, (eng, r) in enumerate(zip(engs, reps)):
+        states[i], tok = eng.decode(r.params, states[i], self.key)
+        tokens.append(tok)
+      jax.block_until_ready(tokens)
       step_s.append(time.perf_counter() - t0)
-    for slot in range(batch_size):
-      state = eng.release(state, slot)
-    self._states[id(eng)] = state
+    for i, eng in enumerate(engs):
+      for slot in range(batch_size):
+        states[i] = eng.release(states[i], slot)
+      self._states[id(eng)] = states[i]
     return prompt_ms, sum(step_s) / len(step_s) * 1e3
