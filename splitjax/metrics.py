@@ -29,9 +29,15 @@ class RequestStatus(enum.Enum):
   REJECTED = "rejected"    # refused at admission; ``reason`` says why
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class RequestRecord:
-  """What happened to one request. Times are absolute seconds on one clock."""
+  """What happened to one request. Times are absolute seconds on one clock.
+
+  Token times: ``first_token_s``, ``last_token_s``, ``tokens`` (emitted so far)
+  and ``max_itl_s`` are always kept; ``token_times_s`` lists every token's time
+  unless it is None (large simulations keep the statistics only). Add tokens
+  with :meth:`add_token` / :meth:`add_tokens`, which keep both in step.
+  """
   request_id: int
   arrival_s: float
   prompt_tokens: int
@@ -39,18 +45,52 @@ class RequestRecord:
   status: RequestStatus = RequestStatus.PENDING
   reason: str = ""
   scheduled_s: float | None = None        # prefill started
-  token_times_s: list[float] = dataclasses.field(default_factory=list)
+  token_times_s: list[float] | None = dataclasses.field(default_factory=list)
   prompt_instance: str = ""
   token_instance: str = ""
   transfer_bytes: int = 0
   transfer_s: float = 0.0                 # KV landed - first token: the exposed part
   preemptions: int = 0
   token_ids: list[int] = dataclasses.field(default_factory=list)
+  first_token_s: float | None = None
+  last_token_s: float | None = None
+  tokens: int = 0
+  max_itl_s: float | None = None          # longest gap between consecutive tokens
+
+  def __post_init__(self):
+    times, self.token_times_s = self.token_times_s, [] if self.token_times_s is not None else None
+    for t in times or ():
+      self.add_token(t)
 
   def finish(self, status: RequestStatus, reason: str = "") -> None:
     if status in (RequestStatus.FAILED, RequestStatus.REJECTED) and not reason:
       raise ValueError("a failed or rejected request needs a reason")
     self.status, self.reason = status, reason
+
+  def add_token(self, t: float) -> None:
+    """One token emitted at ``t`` (not before the previous one)."""
+    self.add_tokens(t, t, 1, 0.0)
+
+  def add_tokens(self, first_s: float, last_s: float, n: int, inner_max_gap_s: float,
+                 times: Sequence[float] | None = None) -> None:
+    """``n`` tokens emitted from ``first_s`` to ``last_s``, consecutive ones at
+    most ``inner_max_gap_s`` apart (0 for one token). O(1) unless every time is
+    kept; then ``times`` (the ``n`` times) must be given."""
+    prev = self.last_token_s
+    gap = inner_max_gap_s if n > 1 else None
+    if prev is None:
+      self.first_token_s = first_s
+    elif gap is None or first_s - prev > gap:
+      gap = first_s - prev
+    if gap is not None and (self.max_itl_s is None or gap > self.max_itl_s):
+      self.max_itl_s = gap
+    self.last_token_s, self.tokens = last_s, self.tokens + n
+    if self.token_times_s is not None:
+      if times is None:
+        if n != 1:
+          raise ValueError("this record keeps every token time: pass times")
+        times = (first_s,)
+      self.token_times_s.extend(times)
 
   @property
   def queue_s(self) -> float | None:
@@ -58,21 +98,72 @@ class RequestRecord:
 
   @property
   def ttft_s(self) -> float | None:
-    return self.token_times_s[0] - self.arrival_s if self.token_times_s else None
+    return None if self.first_token_s is None else self.first_token_s - self.arrival_s
 
   @property
   def e2e_s(self) -> float | None:
-    return self.token_times_s[-1] - self.arrival_s if self.token_times_s else None
+    return None if self.last_token_s is None else self.last_token_s - self.arrival_s
 
   @property
   def tbt_s(self) -> float | None:
-    n = len(self.token_times_s)
-    return (self.token_times_s[-1] - self.token_times_s[0]) / (n - 1) if n > 1 else None
+    n = self.tokens
+    return (self.last_token_s - self.first_token_s) / (n - 1) if n > 1 else None
 
   @property
   def itl_s(self) -> list[float]:
+    """Every gap between consecutive tokens (needs ``token_times_s``)."""
     t = self.token_times_s
+    if t is None:
+      raise ValueError(f"request {self.request_id} kept no token times")
     return [b - a for a, b in zip(t, t[1:])]
+
+
+class GapSample:
+  """A multiset of inter-token gaps stored as (value, weight) runs, for runs
+  too large to keep every token time. A decode step shared by a batch of
+  ``w`` requests adds its gap once with weight ``w``. Percentiles equal
+  ``np.percentile`` (linear) over the expanded multiset."""
+
+  _FLUSH = 1 << 16
+
+  def __init__(self):
+    self._values: list[np.ndarray] = []
+    self._weights: list[np.ndarray] = []
+    self._ones: list[float] = []
+
+  def add(self, values: np.ndarray, weight: int) -> None:
+    """Each of ``values`` (seconds) ``weight`` times."""
+    if weight > 0 and len(values):
+      self._values.append(np.asarray(values, dtype=np.float64))
+      self._weights.append(np.full(len(values), weight, dtype=np.int64))
+
+  def add_one(self, value: float) -> None:
+    self._ones.append(value)
+    if len(self._ones) >= self._FLUSH:
+      self._flush()
+
+  def _flush(self) -> None:
+    if self._ones:
+      self.add(np.asarray(self._ones), 1)
+      self._ones = []
+
+  def percentiles(self) -> "Percentiles":
+    self._flush()
+    if not self._values:
+      return Percentiles(math.nan, math.nan, math.nan, math.nan, 0)
+    v, w = np.concatenate(self._values), np.concatenate(self._weights)
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    self._values, self._weights = [v], [w]
+    cum = np.cumsum(w)
+    n = int(cum[-1])
+    at = lambda i: v[np.searchsorted(cum, i, side="right")]   # i-th smallest, 0-based
+    def pct(q):
+      pos = q / 100.0 * (n - 1)
+      lo = math.floor(pos)
+      a, b = float(at(lo)), float(at(min(lo + 1, n - 1)))
+      return a + (b - a) * (pos - lo)
+    return Percentiles(pct(50), pct(90), pct(99), float(np.dot(v, w)) / n, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +217,10 @@ class Summary:
     }
 
 
-def summarize(records: Sequence[RequestRecord], wall_s: float) -> Summary:
+def summarize(records: Sequence[RequestRecord], wall_s: float,
+              itl: Percentiles | None = None) -> Summary:
   """Summary over ``records``; latency statistics use completed requests only.
+  ``itl``: the gap statistics when records keep no token times (simulations).
 
   Raises ValueError if a request is still PENDING: every accepted request
   must end completed or failed with a reason.
@@ -142,10 +235,10 @@ def summarize(records: Sequence[RequestRecord], wall_s: float) -> Summary:
       rejected=count(RequestStatus.REJECTED), wall_s=wall_s,
       ttft_s=Percentiles.of(r.ttft_s for r in done),
       tbt_s=Percentiles.of(r.tbt_s for r in done),
-      itl_s=Percentiles.of(g for r in done for g in r.itl_s),
+      itl_s=itl if itl is not None else Percentiles.of(g for r in done for g in r.itl_s),
       e2e_s=Percentiles.of(r.e2e_s for r in done),
       queue_s=Percentiles.of(r.queue_s for r in done),
-      output_tokens=sum(len(r.token_times_s) for r in done),
+      output_tokens=sum(r.tokens for r in done),
       transfer_bytes=sum(r.transfer_bytes for r in records),
       transfer_s=sum(r.transfer_s for r in records))
 
@@ -161,10 +254,9 @@ def write_requests_csv(records: Sequence[RequestRecord], path: str | os.PathLike
     w = csv.writer(f)
     w.writerow(CSV_FIELDS)
     for r in records:
-      itl = r.itl_s
       w.writerow([r.request_id, r.status.value, r.reason, r.arrival_s, r.prompt_tokens,
-                  r.output_tokens, len(r.token_times_s), _cell(r.queue_s), _cell(r.ttft_s),
-                  _cell(r.tbt_s), _cell(r.e2e_s), _cell(max(itl) if itl else None),
+                  r.output_tokens, r.tokens, _cell(r.queue_s), _cell(r.ttft_s),
+                  _cell(r.tbt_s), _cell(r.e2e_s), _cell(r.max_itl_s),
                   r.prompt_instance, r.token_instance, r.transfer_bytes, r.transfer_s,
                   r.preemptions])
 

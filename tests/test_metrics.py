@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from splitjax.metrics import (Percentiles, RequestRecord, RequestStatus, summarize,
+from splitjax.metrics import (GapSample, Percentiles, RequestRecord, RequestStatus, summarize,
                               write_requests_csv)
 
 
@@ -62,3 +62,43 @@ def test_percentiles_match_numpy(values):
 def test_empty_percentiles_are_nan():
   p = Percentiles.of([])
   assert p.count == 0 and math.isnan(p.p50)
+
+
+@given(st.lists(st.tuples(st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=20),
+                          st.integers(0, 5)), min_size=1, max_size=20),
+       st.lists(st.floats(0, 10, allow_nan=False), max_size=20))
+def test_gap_sample_equals_numpy_over_the_expanded_multiset(runs, ones):
+  sample, expanded = GapSample(), list(ones)
+  for values, weight in runs:
+    sample.add(np.array(values), weight)
+    expanded += values * weight
+  for v in ones:
+    sample.add_one(v)
+  p = sample.percentiles()
+  assert p.count == len(expanded)
+  if expanded:
+    want = np.percentile(expanded, [50, 90, 99])
+    assert [p.p50, p.p90, p.p99] == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert p.mean == pytest.approx(np.mean(expanded))
+  else:
+    assert math.isnan(p.p50)
+
+
+@given(st.lists(st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=6),
+                min_size=1, max_size=6))
+def test_token_statistics_without_times_equal_those_with_times(groups):
+  kept = RequestRecord(0, 0.0, 10, 50)
+  stats = RequestRecord(0, 0.0, 10, 50, token_times_s=None)
+  t = 0.0
+  for deltas in groups:                       # one emission of several tokens
+    times = list(np.cumsum([t] + deltas)[1:])
+    t = times[-1]
+    inner = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    kept.add_tokens(times[0], times[-1], len(times), inner, times)
+    stats.add_tokens(times[0], times[-1], len(times), inner)
+  assert stats.token_times_s is None
+  assert (stats.tokens, stats.ttft_s, stats.e2e_s, stats.tbt_s) == (
+      len(kept.token_times_s), kept.ttft_s, kept.e2e_s, kept.tbt_s)
+  assert stats.max_itl_s == (max(kept.itl_s) if len(kept.token_times_s) > 1 else None)
+  with pytest.raises(ValueError, match="kept no token times"):
+    stats.itl_s

@@ -23,6 +23,7 @@ from splitjax.runtime.executor import Executor, TransferDone, WorkDone, WorkFail
 from splitjax.scheduling.coordinator import Coordinator
 from splitjax.scheduling.mixed_pool import RoleChange
 from splitjax.scheduling.records import Phase, Request, Role, Work
+from splitjax.utilization import PoolUtilization
 from splitjax.workload import RequestSpec
 
 
@@ -37,6 +38,9 @@ class RunResult:
   # seconds; filled by drivers that compile (runtime.Cluster).
   compiles: int = 0
   compile_s: float = 0.0
+  # Busy time per home pool (by role value) and over time, where the driver
+  # measured it (the simulator).
+  utilization: dict[str, PoolUtilization] | None = None
 
   def to_dict(self) -> dict:
     """summary.json: :meth:`Summary.to_dict` plus occupancy and mixed-pool counts."""
@@ -52,6 +56,8 @@ class RunResult:
         "returns": sum(c.old == Role.MIXED for c in self.role_changes)}
     d["preemptions"] = sum(r.preemptions for r in self.records)
     d["compiled_during_run"] = {"programs": self.compiles, "seconds": self.compile_s}
+    if self.utilization is not None:
+      d["instances"] = {pool: u.to_dict() for pool, u in self.utilization.items()}
     return d
 
 
@@ -83,14 +89,14 @@ class _Run:
         done = self.coord.complete(ev.work)
         for r in done.emitted:
           rec = self.records[r.request_id]
-          rec.token_times_s.append(ev.at_s)
+          rec.add_token(ev.at_s)
           rec.token_ids.append(int(ev.tokens[r.request_id]))
         for r in done.finished:
           self._end(r, RequestStatus.COMPLETED)
       elif isinstance(ev, TransferDone):
         rec = self.records[ev.request.request_id]
         rec.transfer_bytes += ev.nbytes
-        rec.transfer_s += max(0.0, ev.at_s - rec.token_times_s[0])
+        rec.transfer_s += max(0.0, ev.at_s - rec.first_token_s)
         if ev.request.phase == Phase.TRANSFERRING:
           self.coord.transfer_done(ev.request)
       elif isinstance(ev, WorkFailed):

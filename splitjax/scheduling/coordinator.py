@@ -23,7 +23,7 @@ from splitjax.scheduling.kv_memory import KVMemory
 from splitjax.scheduling.batchers import ContinuousTokenBatcher, FCFSPromptBatcher
 from splitjax.scheduling.mixed_pool import MixedPool, RoleChange
 from splitjax.scheduling.records import Instance, Phase, Request, Role, Work
-from splitjax.scheduling.router import ColocatedJSQRouter, JSQRouter, NoInstanceError
+from splitjax.scheduling.router import Candidates, ColocatedJSQRouter, JSQRouter, NoInstanceError
 from splitjax.scheduling.steps import (ChunkedColocatedStep, ColocatedStep, MixedStep,
                                        PromptStep, StepPolicy, TokenStep)
 from splitjax.serve_config import ClusterPolicy, SchedulerConfig
@@ -96,6 +96,8 @@ class Coordinator:
     self.policies = policies
     self.max_prompt_tokens = max_prompt_tokens
     self.role_changes: list[RoleChange] = []
+    # Who takes prompts / tokens: changes only in rebalance (roles, returning).
+    self._candidates = Candidates.of(self.instances)
 
   # ---------------------------------------------------------------- arrival
   def submit(self, r: Request) -> str | None:
@@ -107,7 +109,7 @@ class Coordinator:
       return (f"prompt of {r.prompt_tokens} tokens exceeds the longest prompt an instance "
               f"prefills ({self.max_prompt_tokens})")
     try:
-      p, t = self.policies.router.route(r, self.instances)
+      p, t = self.policies.router.choose(r, self._candidates)
     except NoInstanceError as e:
       return str(e)
     r.prompt_instance, r.token_instance, r.phase = p.name, t.name, Phase.QUEUED
@@ -120,7 +122,10 @@ class Coordinator:
     """Mixed-pool borrowing and returns (no-op without a mixed pool)."""
     if self.policies.mixed_pool is None:
       return []
-    changes = self.policies.mixed_pool.rebalance(self.instances)
+    pool = self.policies.mixed_pool
+    changes = pool.rebalance(self.instances)
+    if changes or not pool.quiet:           # roles or ``returning`` flags may have moved
+      self._candidates = Candidates.of(self.instances)
     self.role_changes.extend(changes)
     return changes
 

@@ -42,14 +42,18 @@ class MixedPool:
     if borrow_prompt_tokens <= 0 or not 0.0 < borrow_kv_fraction <= 1.0:
       raise ValueError("borrow_prompt_tokens must be > 0 and borrow_kv_fraction in (0, 1]")
     self.prompt_limit, self.kv_limit = borrow_prompt_tokens, borrow_kv_fraction
-    # Per-instance (role, pending prompt tokens, token pressure), refreshed only
-    # for instances that reported a change (Instance.on_change), and running
-    # totals over them, so the common "nothing to do" check costs O(changes).
+    # Per-instance (role, load: pending prompt tokens of a prompt instance,
+    # token pressure of a token instance), refreshed only for instances that
+    # reported a change (Instance.watchers), and running totals over them, so
+    # the common "nothing to do" check costs O(changes).
     self._bound: Sequence[Instance] | None = None
-    self._loads: dict[int, tuple] = {}
+    self._loads: dict[Instance, tuple] = {}
     self._stale: set[Instance] = set()
     self._prompt_sum = self._n_prompt = self._n_token = self._n_mixed = 0
     self._pressure_sum = 0.0
+    # The last rebalance found no mixed pool and no pressure (changed nothing,
+    # not even ``returning`` flags).
+    self.quiet = True
 
   def _pressure(self, lender: Role, serving: Sequence[Instance]) -> float:
     """Pressure on the phase that instances of home ``lender`` are lent to."""
@@ -69,19 +73,21 @@ class MixedPool:
   def _bind(self, instances: Sequence[Instance]) -> None:
     if self._bound is instances:
       return
+    for i in self._bound or ():
+      i.watchers.remove(self._stale)
     self._bound, self._loads, self._stale = instances, {}, set(instances)
+    self.quiet = False
     self._prompt_sum = self._n_prompt = self._n_token = self._n_mixed = 0
     self._pressure_sum = 0.0
     for i in instances:
-      i.on_change = self._stale.add
+      i.watchers.append(self._stale)
 
-  def _account(self, load: tuple, sign: int) -> None:
-    role, pending, pressure = load
+  def _count(self, role: Role, load, sign: int) -> None:
     if role == Role.PROMPT:
-      self._prompt_sum += sign * pending
+      self._prompt_sum += sign * load
       self._n_prompt += sign
     elif role == Role.TOKEN:
-      self._pressure_sum += sign * pressure
+      self._pressure_sum += sign * load
       self._n_token += sign
     else:
       self._n_mixed += sign
@@ -95,13 +101,18 @@ class MixedPool:
     (order-independent) ``math.fsum`` of the cached values decides.
     """
     self._bind(instances)
+    if not self._stale:
+      return self.quiet                # nothing changed since the last answer
     loads = self._loads
-    for i in self._stale:
-      old = loads.get(id(i))
+    for i in self._stale:            # (role, load): prompt tokens or token pressure
+      old = loads.get(i)
       if old is not None:
-        self._account(old, -1)
-      loads[id(i)] = new = (i.role, i.pending_prompt_tokens, i.token_pressure)
-      self._account(new, +1)
+        self._count(old[0], old[1], -1)
+      role = i.role
+      load = (i.pending_prompt_tokens if role == Role.PROMPT else
+              i.token_pressure if role == Role.TOKEN else 0)
+      loads[i] = (role, load)
+      self._count(role, load, +1)
     self._stale.clear()
     if self._n_mixed or (self._n_prompt and
                          self._prompt_sum > self.prompt_limit * self._n_prompt):
@@ -110,12 +121,13 @@ class MixedPool:
       return True
     bound = self.kv_limit * self._n_token
     if abs(self._pressure_sum - bound) <= 1e-6 * self._n_token:
-      self._pressure_sum = math.fsum(p for role, _, p in loads.values() if role == Role.TOKEN)
+      self._pressure_sum = math.fsum(p for role, p in loads.values() if role == Role.TOKEN)
     return self._pressure_sum <= bound
 
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
     """Borrows and returns until the state is a fixed point; returns the changes."""
-    if self._quiet(instances):
+    self.quiet = self._quiet(instances)
+    if self.quiet:
       return []
     changes: list[RoleChange] = []
     for lender in (Role.TOKEN, Role.PROMPT):

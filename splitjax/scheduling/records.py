@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-from typing import Callable
 
 from splitjax.scheduling.kv_memory import KVMemory
 
@@ -226,9 +225,10 @@ class Instance:
   free_slots: list = dataclasses.field(default_factory=list)
   busy: bool = False
   returning: bool = False
-  # Called with this instance whenever its role, queues or KV change (set by
-  # whoever caches loads, e.g. the mixed pool); not part of the state.
-  on_change: Callable | None = dataclasses.field(default=None, repr=False)
+  # Sets this instance adds itself to whenever its role, queues or KV change
+  # (registered by whoever caches loads: the mixed pool, the router); not
+  # part of the state.
+  watchers: list[set] = dataclasses.field(default_factory=list, repr=False)
 
   def __post_init__(self):
     if self.role is None:
@@ -238,12 +238,12 @@ class Instance:
       tracked.notify = self._changed
 
   def _changed(self) -> None:
-    if self.on_change is not None:
-      self.on_change(self)
+    for w in self.watchers:
+      w.add(self)
 
   def __setattr__(self, name, value):
     super().__setattr__(name, value)
-    if name == "role":
+    if name in ("role", "returning") and "watchers" in self.__dict__:
       self._changed()
 
   # ---------------------------------------------------------------- loads

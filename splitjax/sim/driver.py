@@ -24,11 +24,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from splitjax.metrics import RequestRecord, RequestStatus, summarize
+from splitjax.metrics import GapSample, RequestRecord, RequestStatus, summarize
 from splitjax.runtime.loop import RunResult, admit, pool_sample
 from splitjax.scheduling.coordinator import Coordinator
 from splitjax.scheduling.records import Instance, Request, Work, WorkKind
 from splitjax.sim.perf_model import PerfModel
+from splitjax.utilization import BusyLedger
 from splitjax.workload import RequestSpec
 
 # Event kinds, also their order at equal times: a finished iteration before a
@@ -44,10 +45,11 @@ TransferTime = Callable[[Request, Instance, Instance, float], tuple[float, int]]
 
 @dataclasses.dataclass(eq=False)
 class _Running:
-  """A work in flight. ``ends``: end time of each planned step (one for
-  non-decode works); ``version`` invalidates a heap entry after a cut."""
+  """A work in flight. ``ends``: end time of each planned step (a list of one
+  for single steps, an array for leaps); ``version`` invalidates a heap entry
+  after a cut."""
   work: Work
-  ends: list[float]
+  ends: list[float] | np.ndarray
   version: int = 0
 
 
@@ -59,15 +61,22 @@ class Simulator:
   and bytes.
   check_memory: assert after every event that no instance holds more KV than
   it has (tests; costs time).
+  keep_token_times: records list every token's time (tests); otherwise they
+  keep first / last / count / longest gap, and inter-token gaps are kept as
+  (gap, number of requests) runs, so memory does not grow with output tokens.
   """
 
   def __init__(self, coord: Coordinator, perf: dict[str, PerfModel], transfer: TransferTime,
-               *, leap: bool = True, check_memory: bool = False, sample_every_s: float = 1.0):
+               *, leap: bool = True, check_memory: bool = False, sample_every_s: float = 1.0,
+               keep_token_times: bool = False):
     missing = [i.name for i in coord.instances if i.name not in perf]
     if missing:
       raise ValueError(f"no performance model for instances {missing}")
     self.coord, self.perf, self.transfer = coord, perf, transfer
     self.leap, self.check_memory, self.sample_every_s = leap, check_memory, sample_every_s
+    self.keep_token_times = keep_token_times
+    self.gaps = GapSample()
+    self.busy = BusyLedger(coord.instances, sample_every_s)
     self._heap: list = []
     self._seq = itertools.count()
     self._running: dict[str, _Running] = {}
@@ -81,8 +90,9 @@ class Simulator:
     for s in specs:
       if s.request_id in self.records:
         raise ValueError(f"duplicate request id {s.request_id}")
-      self.records[s.request_id] = RequestRecord(s.request_id, s.arrival_s, s.prompt_tokens,
-                                                 s.output_tokens)
+      self.records[s.request_id] = RequestRecord(
+          s.request_id, s.arrival_s, s.prompt_tokens, s.output_tokens,
+          token_times_s=[] if self.keep_token_times else None)
       self._push(s.arrival_s, _ARRIVAL, s, s.request_id)
     timeline, next_sample = [], 0.0
     while self._heap:
@@ -106,8 +116,9 @@ class Simulator:
     self._fail_leftovers()
     records = [self.records[k] for k in sorted(self.records)]
     timeline.append(pool_sample(self.coord, self.now))
-    return RunResult(records, summarize(records, self.now), timeline,
-                     list(self.coord.role_changes))
+    return RunResult(records, summarize(records, self.now, itl=self.gaps.percentiles()),
+                     timeline, list(self.coord.role_changes),
+                     utilization=self.busy.pools(self.now))
 
   def _push(self, t: float, kind: int, obj, tiebreak: int, version: int = 0) -> None:
     heapq.heappush(self._heap, (t, kind, tiebreak, next(self._seq), obj, version))
@@ -116,35 +127,53 @@ class Simulator:
   def _handle(self, kind: int, obj) -> set:
     by_name = self.coord.by_name
     if kind == _ARRIVAL:
+      # Only the prompt side can act on an arrival: no step policy looks at a
+      # token instance's ``incoming`` (the request joins its decode queue when
+      # its KV lands), so a leap there need not be cut.
       r = admit(self.coord, obj, self.records[obj.request_id])
-      return set() if r is None else {by_name[r.prompt_instance], by_name[r.token_instance]}
+      return set() if r is None else {by_name[r.prompt_instance]}
     if kind == _LANDED:
       r = obj
       rec = self.records[r.request_id]
-      rec.transfer_s = self.now - rec.token_times_s[0]
+      rec.transfer_s = self.now - rec.first_token_s
       self.coord.transfer_done(r)
       return {by_name[r.token_instance], by_name[r.prompt_instance]}
     return self._done(obj)
 
   def _done(self, work: Work) -> set:
     inst = work.instance
-    ends = self._running.pop(inst.name).ends[:work.steps]
+    ends, n = self._running.pop(inst.name).ends, work.steps
+    first, last = float(ends[0]), float(ends[-1])
+    self.busy.add(inst.name, work.kind, work.started_s, last)
     done = self.coord.complete(work)
+    diffs = ends[1:] - ends[:-1] if n > 1 else None
+    inner = float(diffs.max()) if n > 1 else 0.0
+    times = ends.tolist() if n > 1 and self.keep_token_times else None
     decode_ids = {r.request_id for r in work.decode}
+    records, gaps, decoded = self.records, self.gaps, 0
     for r in done.emitted:
-      times = ends if r.request_id in decode_ids else ends[-1:]
-      self.records[r.request_id].token_times_s.extend(times)
-    touched = {inst}
+      rec = records[r.request_id]
+      if r.request_id in decode_ids:
+        decoded += 1
+        if rec.last_token_s is not None:
+          gaps.add_one(first - rec.last_token_s)
+        rec.add_tokens(first, last, n, inner, times)
+      else:
+        if rec.last_token_s is not None:
+          gaps.add_one(last - rec.last_token_s)
+        rec.add_token(last)
+    if diffs is not None:
+      gaps.add(diffs, decoded)
     for r in done.finished:
-      rec = self.records[r.request_id]
+      rec = records[r.request_id]
       rec.preemptions = r.preemptions
       rec.finish(RequestStatus.COMPLETED)
     for r in done.transfers:
       src, dst = inst, self.coord.by_name[r.token_instance]
-      seconds, nbytes = self.transfer(r, src, dst, ends[-1] - work.started_s)
-      self.records[r.request_id].transfer_bytes = nbytes
+      seconds, nbytes = self.transfer(r, src, dst, last - work.started_s)
+      records[r.request_id].transfer_bytes = nbytes
       self._push(self.now + seconds, _LANDED, r, r.request_id)
-    return touched
+    return {inst}
 
   def _rebalanced(self) -> set:
     changes = self.coord.rebalance()
@@ -163,11 +192,13 @@ class Simulator:
     for r in list(work.prefill) + [c.request for c in work.chunks if c.start == 0]:
       self.records[r.request_id].scheduled_s = self.now
     ends = self._plan(work)
-    work.steps = len(ends) if work.kind == WorkKind.DECODE else 1
+    work.steps = len(ends)
     run = self._running[inst.name] = _Running(work, ends)
-    self._push(ends[-1], _DONE, work, self._index[inst.name], run.version)
+    self._push(float(ends[-1]), _DONE, work, self._index[inst.name], run.version)
 
-  def _plan(self, work: Work) -> list[float]:
+  def _plan(self, work: Work) -> list[float] | np.ndarray:
+    """End time of each step: one for a prefill / mixed step or a single decode
+    step, an array for a leap over many decode steps."""
     perf = self.perf[work.instance.name]
     if work.kind == WorkKind.PREFILL:
       return [self.now + perf.prefill_time([r.prompt_tokens for r in work.prefill])]
@@ -182,7 +213,7 @@ class Simulator:
     # Every context grows by one token per step. Accumulating [now, d0, d1, ...]
     # left to right gives the very floats stepping computes (now + d0) + d1 ...
     times = perf.decode_step_times(batch, total + batch * np.arange(steps, dtype=np.float64))
-    return np.add.accumulate(np.concatenate(([self.now], times)))[1:].tolist()
+    return np.add.accumulate(np.concatenate(([self.now], times)))[1:]
 
   def _cut(self, run: _Running) -> None:
     """Shortens a leap to the step in progress (where stepping would re-plan)."""
@@ -191,13 +222,13 @@ class Simulator:
       return
     # Stepping would have ended an iteration finishing exactly now before this
     # event and started the next one: keep through the first step ending later.
-    keep = next(j for j, e in enumerate(run.ends) if e > self.now) + 1
-    if keep == len(run.ends):
+    keep = int(np.searchsorted(run.ends, self.now, side="right")) + 1
+    if keep >= len(run.ends):
       return
-    del run.ends[keep:]
+    run.ends = run.ends[:keep]
     work.steps = keep
     run.version += 1
-    self._push(run.ends[-1], _DONE, work, self._index[work.instance.name], run.version)
+    self._push(float(run.ends[-1]), _DONE, work, self._index[work.instance.name], run.version)
 
   def _fail_leftovers(self) -> None:
     for r in list(self.coord.requests_in_flight()):

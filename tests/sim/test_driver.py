@@ -3,6 +3,7 @@ requests are conserved, KV memory is never over-committed, runs are deterministi
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from splitjax.metrics import RequestStatus
@@ -41,13 +42,13 @@ class LinearModel:
     return 100.0
 
 
-def _sim(specs, policy, mixed, leap, sim_out=None, **sched):
+def _sim(specs, policy, mixed, leap, sim_out=None, keep_token_times=True, **sched):
   cfg = SchedulerConfig(policy=policy, mixed_pool=mixed, **sched)
   insts = make_instances(home_roles(cfg, 2, 2, 4), 4, 2048, 1024)
   coord = Coordinator(insts, make_policies(cfg), max_prompt_tokens=1024)
   transfer = lambda r, src, dst, prefill_s: (0.001 + 1e-6 * r.prompt_tokens, r.prompt_tokens * 8)
   sim = Simulator(coord, {i.name: LinearModel() for i in insts}, transfer, leap=leap,
-                  check_memory=True, sample_every_s=0.05)
+                  check_memory=True, sample_every_s=0.05, keep_token_times=keep_token_times)
   checked = sim._handle
 
   def handle_and_check(kind, obj):          # counters stay exact through every event
@@ -101,3 +102,41 @@ def test_leap_mode_skips_iterations():
   b, _ = _sim(specs, ClusterPolicy.SPLIT, False, True, sims)
   assert [r.token_times_s for r in a.records] == [r.token_times_s for r in b.records]
   assert sims[1].events * 10 < sims[0].events     # ~400 decode steps become a handful
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 0.3), st.integers(1, 900), st.integers(1, 60)),
+                min_size=1, max_size=25),
+       st.sampled_from(POLICIES), st.booleans())
+def test_records_without_token_times_give_the_same_results(reqs, policy, leap):
+  specs = [RequestSpec(i, a, p, o) for i, (a, p, o) in enumerate(reqs)]
+  kept, _ = _sim(specs, *policy, leap=leap, chunk_token_budget=128)
+  lean, _ = _sim(specs, *policy, leap=leap, chunk_token_budget=128, keep_token_times=False)
+  assert kept.to_dict() == lean.to_dict()
+  for a, b in zip(kept.records, lean.records):
+    assert b.token_times_s is None
+    assert (a.ttft_s, a.tbt_s, a.e2e_s, a.tokens, a.max_itl_s) == (
+        b.ttft_s, b.tbt_s, b.e2e_s, b.tokens, b.max_itl_s)
+    itl = a.itl_s
+    assert a.max_itl_s == (max(itl) if itl else None)
+
+
+def test_busy_time_per_pool_is_conserved():
+  specs = [RequestSpec(i, 0.02 * i, 100 + 50 * i, 20) for i in range(12)]
+  sims = []
+  result, coord = _sim(specs, ClusterPolicy.SPLIT, False, True, sims)
+  busy_s, run_s = sims[0].busy.busy_s(), result.summary.wall_s
+  util = result.to_dict()["instances"]
+  assert set(util) == {"prompt", "token"}
+  for pool, u in util.items():
+    names = [i.name for i in coord.instances if i.home.value == pool]
+    busy = sum(s for n in names for s in busy_s[n].values())
+    assert u["machines"] == 2 and u["busy_fraction"] == pytest.approx(busy / (2 * run_s))
+    spans = [min(run_s, (k + 1) * u["window_s"]) - k * u["window_s"]
+             for k in range(len(u["over_time"]))]
+    assert sum(f * 2 * s for f, s in zip(u["over_time"], spans)) == pytest.approx(busy)
+    assert all(0.0 <= f <= 1.0 + 1e-9 for f in u["over_time"])
+  assert set(util["prompt"]["busy_s"]) == {"prefill"}
+  assert set(util["token"]["busy_s"]) == {"decode"}
+  for name, per in busy_s.items():                 # busy never exceeds the run
+    assert sum(per.values()) <= run_s + 1e-12
