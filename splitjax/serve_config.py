@@ -106,6 +106,12 @@ class WorkloadConfig:
   start_s: float = 0.0
   duration_s: float = 60.0          # window of the trace; 0 -> to the end
   rate_scale: float = 1.0           # >1 replays faster (higher rate)
+  # > 0: instead of the trace's own arrival times, Poisson arrivals at this
+  # many requests per second, (prompt, output) sizes resampled jointly from
+  # the trace window (seeded by ``seed``): as many requests as the window
+  # holds (or max_requests), or all arriving within rate_duration_s if set.
+  rate: float = 0.0
+  rate_duration_s: float = 0.0
   max_requests: int = 0             # 0 -> no cap
   # Length caps (0 -> none). Prompt + output is always capped to the
   # instance's max_cache_len (prompt first, then output), as the paper's
@@ -121,6 +127,13 @@ class WorkloadConfig:
   def __post_init__(self):
     if self.rate_scale <= 0 or self.rate_per_s <= 0:
       raise ConfigError("workload.rate_scale and workload.rate_per_s must be positive")
+    if self.rate < 0 or self.rate_duration_s < 0:
+      raise ConfigError("workload.rate and workload.rate_duration_s must be >= 0")
+    if self.rate_duration_s and not self.rate:
+      raise ConfigError("workload.rate_duration_s needs workload.rate > 0")
+    if self.rate and (self.rate_scale != 1.0 or self.source != WorkloadSource.TRACE):
+      raise ConfigError("workload.rate resamples the trace at a fixed rate: it cannot be "
+                        "combined with workload.rate_scale or a synthetic workload.source")
     for name in ("duration_s", "max_requests", "max_prompt_tokens", "max_output_tokens"):
       if getattr(self, name) < 0:
         raise ConfigError(f"workload.{name} must be >= 0")

@@ -116,26 +116,36 @@ def load_azure_trace(path: str | os.PathLike, **select_kw) -> list[RequestSpec]:
 
 def synthetic(rate_per_s: float, num_requests: int, lengths_from: Sequence[RequestSpec], *,
               process: ArrivalProcess = ArrivalProcess.POISSON, cv: float = 1.0,
-              seed: int = 0) -> list[RequestSpec]:
-  """``num_requests`` arrivals at mean ``rate_per_s``; (prompt, output) pairs drawn
-  jointly, with replacement, from ``lengths_from`` (e.g. a trace).
+              seed: int = 0, duration_s: float | None = None) -> list[RequestSpec]:
+  """``num_requests`` arrivals at mean ``rate_per_s`` (the first at 0 s); (prompt,
+  output) pairs drawn jointly, with replacement, from ``lengths_from`` (e.g. a
+  trace). With ``duration_s``, every arrival before ``duration_s`` instead
+  (``num_requests`` is ignored).
 
   GAMMA uses coefficient of variation ``cv`` for the gaps (cv > 1 is burstier
   than Poisson); POISSON ignores ``cv``.
   """
-  if rate_per_s <= 0 or num_requests <= 0:
+  if rate_per_s <= 0 or (num_requests <= 0 and duration_s is None):
     raise ValueError("rate_per_s and num_requests must be positive")
+  if duration_s is not None and duration_s <= 0:
+    raise ValueError(f"duration_s must be positive, got {duration_s}")
   if not lengths_from:
     raise ValueError("lengths_from is empty")
+  if process != ArrivalProcess.POISSON and cv <= 0:
+    raise ValueError(f"cv must be positive, got {cv}")
   rng = np.random.default_rng(seed)
+  if duration_s is not None:      # enough gaps to pass duration_s (mean + 10 sigma)
+    mean = rate_per_s * duration_s
+    num_requests = int(mean + 10 * max(cv, 1.0) * np.sqrt(mean) + 10)
   if process == ArrivalProcess.POISSON:
     gaps = rng.exponential(1.0 / rate_per_s, num_requests)
   else:
-    if cv <= 0:
-      raise ValueError(f"cv must be positive, got {cv}")
     shape = 1.0 / cv ** 2
     gaps = rng.gamma(shape, 1.0 / (rate_per_s * shape), num_requests)
   arrivals = np.cumsum(gaps) - gaps[0]
+  if duration_s is not None:
+    arrivals = arrivals[arrivals < duration_s]
+    num_requests = len(arrivals)
   picks = rng.integers(0, len(lengths_from), num_requests)
   return [RequestSpec(i, float(a), lengths_from[j].prompt_tokens, lengths_from[j].output_tokens)
           for i, (a, j) in enumerate(zip(arrivals, picks))]
@@ -170,6 +180,11 @@ def build(cfg, max_context: int) -> list[RequestSpec]:
   if cfg.source == WorkloadSource.TRACE:
     specs = select(trace, start_s=cfg.start_s, duration_s=cfg.duration_s or None,
                    rate_scale=cfg.rate_scale, max_requests=cfg.max_requests or None)
+    if cfg.rate > 0:
+      if not specs:
+        raise TraceError(f"{path}: no requests in the window to resample sizes from")
+      specs = synthetic(cfg.rate, len(specs), specs, seed=cfg.seed,
+                        duration_s=cfg.rate_duration_s or None)
   else:
     process = ArrivalProcess(cfg.source.value)
     specs = synthetic(cfg.rate_per_s, cfg.max_requests or cfg.num_requests, trace,

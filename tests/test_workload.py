@@ -1,10 +1,14 @@
 """Workloads: Azure trace parsing, windows, rescaling, caps, synthetic arrivals."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from splitjax import workload
+from splitjax.config import ConfigError
+from splitjax.serve_config import WorkloadConfig, WorkloadSource
 from splitjax.workload import ArrivalProcess, RequestSpec, TraceError
 
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
@@ -89,3 +93,38 @@ def test_prompt_ids_deterministic_and_in_vocab():
   assert a == workload.prompt_token_ids(s, 1000) and len(a) == 50
   assert all(0 <= t < 1000 for t in a)
   assert a != workload.prompt_token_ids(RequestSpec(8, 0.0, 50, 2), 1000)
+
+
+def _trace_file(tmp_path, n=200):
+  rows = [f"2023-11-16 18:{i // 60:02d}:{i % 60:02d}.0000000,{100 + i},{1 + i % 7}"
+          for i in range(n)]
+  path = tmp_path / "t.csv"
+  path.write_text(HEADER + "\n".join(rows) + "\n")
+  return path
+
+
+def test_rate_resamples_the_window_at_a_fixed_rate(tmp_path):
+  path = str(_trace_file(tmp_path))
+  window = WorkloadConfig(trace=path, duration_s=100.0)
+  base = workload.build(window, 10_000)
+  fast = workload.build(dataclasses.replace(window, rate=50.0, seed=3), 10_000)
+  assert len(fast) == len(base) == 100                    # same number of requests
+  assert fast == workload.build(dataclasses.replace(window, rate=50.0, seed=3), 10_000)
+  assert 30 < len(fast) / fast[-1].arrival_s < 80         # ~50 req/s instead of 1
+  sizes = {(s.prompt_tokens, s.output_tokens) for s in base}
+  assert {(s.prompt_tokens, s.output_tokens) for s in fast} <= sizes
+  timed = workload.build(dataclasses.replace(window, rate=50.0, rate_duration_s=20.0), 10_000)
+  assert 800 < len(timed) < 1200 and timed[-1].arrival_s < 20.0
+  capped = workload.build(dataclasses.replace(window, rate=50.0, max_requests=10), 10_000)
+  assert len(capped) == 10
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(rate=-1.0), "must be >= 0"),
+    (dict(rate_duration_s=10.0), "needs workload.rate"),
+    (dict(rate=5.0, rate_scale=2.0), "cannot be combined"),
+    (dict(rate=5.0, source=WorkloadSource.POISSON), "cannot be combined"),
+])
+def test_bad_rate_options_are_clear_errors(bad, match):
+  with pytest.raises(ConfigError, match=match):
+    WorkloadConfig(**bad)
