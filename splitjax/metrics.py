@@ -119,23 +119,22 @@ class RequestRecord:
 
 
 class GapSample:
-  """A multiset of inter-token gaps stored as (value, weight) runs, for runs
+  """A multiset of inter-token gaps stored as (values, weight) runs, for runs
   too large to keep every token time. A decode step shared by a batch of
   ``w`` requests adds its gap once with weight ``w``. Percentiles equal
   ``np.percentile`` (linear) over the expanded multiset."""
 
   _FLUSH = 1 << 16
+  _EXPAND = 1 << 25          # expand up to this many gaps (256 MiB), else sort runs
 
   def __init__(self):
-    self._values: list[np.ndarray] = []
-    self._weights: list[np.ndarray] = []
+    self._runs: list[tuple[np.ndarray, int]] = []
     self._ones: list[float] = []
 
   def add(self, values: np.ndarray, weight: int) -> None:
     """Each of ``values`` (seconds) ``weight`` times."""
     if weight > 0 and len(values):
-      self._values.append(np.asarray(values, dtype=np.float64))
-      self._weights.append(np.full(len(values), weight, dtype=np.int64))
+      self._runs.append((np.asarray(values, dtype=np.float64), weight))
 
   def add_one(self, value: float) -> None:
     self._ones.append(value)
@@ -144,24 +143,26 @@ class GapSample:
 
   def _flush(self) -> None:
     if self._ones:
-      self.add(np.asarray(self._ones), 1)
+      self._runs.append((np.asarray(self._ones, dtype=np.float64), 1))
       self._ones = []
 
   def percentiles(self) -> "Percentiles":
     self._flush()
-    if not self._values:
+    if not self._runs:
       return Percentiles(math.nan, math.nan, math.nan, math.nan, 0)
-    v, w = np.concatenate(self._values), np.concatenate(self._weights)
+    v = np.concatenate([r for r, _ in self._runs])
+    w = np.repeat([k for _, k in self._runs], [len(r) for r, _ in self._runs])
+    n = int(w.sum())
+    if n <= self._EXPAND:
+      return Percentiles.of_array(np.repeat(v, w))
     order = np.argsort(v, kind="stable")
     v, w = v[order], w[order]
-    self._values, self._weights = [v], [w]
     cum = np.cumsum(w)
-    n = int(cum[-1])
-    at = lambda i: v[np.searchsorted(cum, i, side="right")]   # i-th smallest, 0-based
+    at = lambda i: float(v[np.searchsorted(cum, i, side="right")])   # i-th smallest
     def pct(q):
       pos = q / 100.0 * (n - 1)
       lo = math.floor(pos)
-      a, b = float(at(lo)), float(at(min(lo + 1, n - 1)))
+      a, b = at(lo), at(min(lo + 1, n - 1))
       return a + (b - a) * (pos - lo)
     return Percentiles(pct(50), pct(90), pct(99), float(np.dot(v, w)) / n, n)
 
@@ -177,7 +178,11 @@ class Percentiles:
 
   @staticmethod
   def of(values: Iterable[float]) -> "Percentiles":
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    return Percentiles.of_array(
+        np.asarray([x for x in values if x is not None], dtype=np.float64))
+
+  @staticmethod
+  def of_array(v: np.ndarray) -> "Percentiles":
     if v.size == 0:
       return Percentiles(math.nan, math.nan, math.nan, math.nan, 0)
     p50, p90, p99 = np.percentile(v, [50, 90, 99])

@@ -20,6 +20,7 @@ import numpy as np
 from splitjax.scheduling.records import Instance, WorkKind
 
 _KINDS = tuple(WorkKind)
+assert len(_KINDS) == 3, "BusyLedger.add codes three kinds of work"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +50,11 @@ class BusyLedger:
                   for n, i in enumerate(instances) for j, k in enumerate(_KINDS)}
     self._codes, self._starts, self._ends = array.array("l"), array.array("d"), array.array("d")
 
-  def add(self, instance: str, kind: WorkKind, start_s: float, end_s: float) -> None:
-    """``instance`` ran a ``kind`` iteration from ``start_s`` to ``end_s``."""
-    self._codes.append(self._code[instance, kind])
+  def add(self, index: int, kind: WorkKind, start_s: float, end_s: float) -> None:
+    """Instance number ``index`` (in the order given) ran a ``kind`` iteration
+    from ``start_s`` to ``end_s``."""
+    j = 0 if kind is _KINDS[0] else 1 if kind is _KINDS[1] else 2
+    self._codes.append(index * 3 + j)
     self._starts.append(start_s)
     self._ends.append(end_s)
 
@@ -75,15 +78,18 @@ class BusyLedger:
     codes, starts, ends = self._arrays()
     keep = np.isin(codes, pool_codes)
     starts, ends, w = starts[keep], ends[keep], self.window_s
-    out = np.zeros(max(fine, 1) + 1)
     k0, k1 = (starts // w).astype(np.int64), (ends // w).astype(np.int64)
     one = k0 == k1
-    np.add.at(out, np.minimum(k0[one], fine), ends[one] - starts[one])
-    for s, e, k in zip(starts[~one], ends[~one], k0[~one]):    # intervals across windows
-      while s < e:
-        edge = min(e, (k + 1) * w)
-        out[min(k, fine)] += edge - s
-        s, k = edge, k + 1
+    size = max(fine, int(k1.max(initial=0))) + 2
+    # Inside one window; else the head of the first window, the tail of the
+    # last, and whole windows in between (a difference array).
+    out = np.zeros(size)
+    out += np.bincount(k0[one], weights=ends[one] - starts[one], minlength=size)
+    a, b, s, e = k0[~one], k1[~one], starts[~one], ends[~one]
+    out += np.bincount(a, weights=(a + 1) * w - s, minlength=size)
+    out += np.bincount(b, weights=e - b * w, minlength=size)
+    whole = np.bincount(a + 1, minlength=size) - np.bincount(b, minlength=size)
+    out += np.cumsum(whole) * w
     return out[:fine]
 
   def pools(self, run_s: float, max_points: int = 120) -> dict[str, PoolUtilization]:

@@ -68,20 +68,22 @@ def test_empty_percentiles_are_nan():
                           st.integers(0, 5)), min_size=1, max_size=20),
        st.lists(st.floats(0, 10, allow_nan=False), max_size=20))
 def test_gap_sample_equals_numpy_over_the_expanded_multiset(runs, ones):
-  sample, expanded = GapSample(), list(ones)
-  for values, weight in runs:
-    sample.add(np.array(values), weight)
-    expanded += values * weight
-  for v in ones:
-    sample.add_one(v)
-  p = sample.percentiles()
-  assert p.count == len(expanded)
-  if expanded:
-    want = np.percentile(expanded, [50, 90, 99])
-    assert [p.p50, p.p90, p.p99] == pytest.approx(want, rel=1e-12, abs=1e-12)
-    assert p.mean == pytest.approx(np.mean(expanded))
-  else:
-    assert math.isnan(p.p50)
+  expanded = list(ones) + [v for values, weight in runs for v in values * weight]
+  for expand_limit in (1 << 25, 0):            # expanded array / sorted weighted runs
+    sample = GapSample()
+    sample._EXPAND = expand_limit
+    for values, weight in runs:
+      sample.add(np.array(values), weight)
+    for v in ones:
+      sample.add_one(v)
+    p = sample.percentiles()
+    assert p.count == len(expanded)
+    if expanded:
+      want = np.percentile(expanded, [50, 90, 99])
+      assert [p.p50, p.p90, p.p99] == pytest.approx(want, rel=1e-12, abs=1e-12)
+      assert p.mean == pytest.approx(np.mean(expanded))
+    else:
+      assert math.isnan(p.p50)
 
 
 @given(st.lists(st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=6),

@@ -160,19 +160,25 @@ def _requests_of(work: Work) -> list[Request]:
 
 
 def pool_sample(coord: Coordinator, now: float) -> PoolSample:
-  insts = coord.instances
-  count = lambda role: sum(i.role == role for i in insts)
-  cap = sum(i.kv.total_blocks * i.kv.block_tokens for i in insts)
-  used = sum(i.kv.used_tokens for i in insts)
+  """Occupancy of the whole cluster at ``now`` (one pass over the instances)."""
+  roles = dict.fromkeys(Role, 0)
+  busy = queued = queued_tokens = transferring = waiting = decoding = cap = used = 0
+  for i in coord.instances:
+    roles[i.role] += 1
+    busy += i.busy
+    queued += len(i.prompt_queue)
+    queued_tokens += i.pending_prompt_tokens
+    if i.held:
+      transferring += sum(r.phase == Phase.TRANSFERRING for r in i.held.values())
+    waiting += len(i.decode_queue)
+    decoding += len(i.decoding)
+    cap += i.kv.total_blocks * i.kv.block_tokens
+    used += i.kv.used_tokens
   return PoolSample(
-      t_s=now, prompt_instances=count(Role.PROMPT), token_instances=count(Role.TOKEN),
-      mixed_instances=count(Role.MIXED), colocated_instances=count(Role.COLOCATED),
-      busy_instances=sum(i.busy for i in insts),
-      queued_prompts=sum(len(i.prompt_queue) for i in insts),
-      queued_prompt_tokens=sum(i.pending_prompt_tokens for i in insts),
-      transferring=sum(r.phase == Phase.TRANSFERRING for i in insts for r in i.held.values()),
-      waiting_decode=sum(len(i.decode_queue) for i in insts),
-      decoding=sum(len(i.decoding) for i in insts),
+      t_s=now, prompt_instances=roles[Role.PROMPT], token_instances=roles[Role.TOKEN],
+      mixed_instances=roles[Role.MIXED], colocated_instances=roles[Role.COLOCATED],
+      busy_instances=busy, queued_prompts=queued, queued_prompt_tokens=queued_tokens,
+      transferring=transferring, waiting_decode=waiting, decoding=decoding,
       kv_used_fraction=used / cap if cap else 0.0)
 
 

@@ -33,9 +33,10 @@ from splitjax.utilization import BusyLedger
 from splitjax.workload import RequestSpec
 
 # Event kinds, also their order at equal times: a finished iteration before a
-# landed transfer before an arrival, then by instance / request id. This order
-# does not depend on when events were pushed, so stepping and leaping (which
-# push different events) process simultaneous events alike.
+# landed transfer before an arrival (arrivals come from a sorted list, the
+# others from the heap), then by instance / request id. This order does not
+# depend on when events were pushed, so stepping and leaping (which push
+# different events) process simultaneous events alike.
 _DONE, _LANDED, _ARRIVAL = 0, 1, 2
 
 # (request, prompt instance, token instance, prefill seconds)
@@ -80,7 +81,7 @@ class Simulator:
     self._heap: list = []
     self._seq = itertools.count()
     self._running: dict[str, _Running] = {}
-    self._index = {i.name: n for n, i in enumerate(coord.instances)}
+    self._index = {i: n for n, i in enumerate(coord.instances)}
     self.records: dict[int, RequestRecord] = {}
     self.now = 0.0
     self.events = 0            # events handled (stale leap ends excluded)
@@ -93,31 +94,44 @@ class Simulator:
       self.records[s.request_id] = RequestRecord(
           s.request_id, s.arrival_s, s.prompt_tokens, s.output_tokens,
           token_times_s=[] if self.keep_token_times else None)
-      self._push(s.arrival_s, _ARRIVAL, s, s.request_id)
-    timeline, next_sample = [], 0.0
-    while self._heap:
-      t, kind, _, _, obj, version = heapq.heappop(self._heap)
-      if kind == _DONE:
-        run = self._running.get(obj.instance.name)
-        if run is None or run.work is not obj or run.version != version:
-          continue                                  # superseded by a cut leap
+    # Arrivals are merged from a sorted list: at equal times they come after
+    # heap events (finished iterations, landed transfers), by request id.
+    arrivals = sorted(specs, key=lambda s: (s.arrival_s, s.request_id))
+    heap, running, coord, by_name = self._heap, self._running, self.coord, self.coord.by_name
+    timeline, next_sample, a = [], 0.0, 0
+    while True:
+      if heap and (a == len(arrivals) or heap[0][0] <= arrivals[a].arrival_s):
+        t, kind, _, _, obj, version = heapq.heappop(heap)
+        if kind == _DONE:
+          run = running.get(obj.instance.name)
+          if run is None or run.work is not obj or run.version != version:
+            continue                                # superseded by a cut leap
+      elif a < len(arrivals):
+        obj, kind, a = arrivals[a], _ARRIVAL, a + 1
+        t = obj.arrival_s
+      else:
+        break
       self.now, self.events = t, self.events + 1
       while next_sample <= t:
-        timeline.append(pool_sample(self.coord, next_sample))
+        timeline.append(pool_sample(coord, next_sample))
         next_sample += self.sample_every_s
-      touched = self._handle(kind, obj) | self._rebalanced()
-      while touched:          # new work can move the pool: settle before time moves on
-        for inst in sorted(touched, key=lambda i: self._index[i.name]):
+      touched = self._handle(kind, obj)
+      changes = coord.rebalance()
+      while touched or changes:   # new work can move the pool: settle before time moves on
+        if changes:
+          touched |= {by_name[c.instance] for c in changes}
+        for inst in (sorted(touched, key=self._index.__getitem__) if len(touched) > 1
+                     else touched):
           self._kick(inst)
-        touched = self._rebalanced()
+        touched, changes = set(), coord.rebalance()
       if self.check_memory:
-        for i in self.coord.instances:
+        for i in coord.instances:
           assert i.kv.used_blocks <= i.kv.total_blocks, f"{i.name} over KV capacity at {t}"
     self._fail_leftovers()
     records = [self.records[k] for k in sorted(self.records)]
-    timeline.append(pool_sample(self.coord, self.now))
+    timeline.append(pool_sample(coord, self.now))
     return RunResult(records, summarize(records, self.now, itl=self.gaps.percentiles()),
-                     timeline, list(self.coord.role_changes),
+                     timeline, list(coord.role_changes),
                      utilization=self.busy.pools(self.now))
 
   def _push(self, t: float, kind: int, obj, tiebreak: int, version: int = 0) -> None:
@@ -144,26 +158,14 @@ class Simulator:
     inst = work.instance
     ends, n = self._running.pop(inst.name).ends, work.steps
     first, last = float(ends[0]), float(ends[-1])
-    self.busy.add(inst.name, work.kind, work.started_s, last)
+    self.busy.add(self._index[inst], work.kind, work.started_s, last)
     done = self.coord.complete(work)
-    diffs = ends[1:] - ends[:-1] if n > 1 else None
-    inner = float(diffs.max()) if n > 1 else 0.0
-    times = ends.tolist() if n > 1 and self.keep_token_times else None
-    decode_ids = {r.request_id for r in work.decode}
-    records, gaps, decoded = self.records, self.gaps, 0
-    for r in done.emitted:
-      rec = records[r.request_id]
-      if r.request_id in decode_ids:
-        decoded += 1
-        if rec.last_token_s is not None:
-          gaps.add_one(first - rec.last_token_s)
-        rec.add_tokens(first, last, n, inner, times)
-      else:
-        if rec.last_token_s is not None:
-          gaps.add_one(last - rec.last_token_s)
-        rec.add_token(last)
-    if diffs is not None:
-      gaps.add(diffs, decoded)
+    records = self.records
+    if work.decode:
+      self._decoded(work, done.emitted, ends, first, last)
+    else:                                # prefill: every emitted token is a first token
+      for r in done.emitted:
+        records[r.request_id].add_token(last)
     for r in done.finished:
       rec = records[r.request_id]
       rec.preemptions = r.preemptions
@@ -175,9 +177,30 @@ class Simulator:
       self._push(self.now + seconds, _LANDED, r, r.request_id)
     return {inst}
 
-  def _rebalanced(self) -> set:
-    changes = self.coord.rebalance()
-    return {self.coord.by_name[c.instance] for c in changes}
+  def _decoded(self, work: Work, emitted: list, ends, first: float, last: float) -> None:
+    """Token times of a step (or leap) with decode rows: each decode row got
+    ``work.steps`` tokens at ``ends``; a request whose last chunk ran got its
+    first token at the end. Gaps go to ``self.gaps``: the in-leap ones once,
+    weighted by the rows."""
+    n, records, gaps = work.steps, self.records, self.gaps
+    diffs = ends[1:] - ends[:-1] if n > 1 else None
+    inner = float(np.maximum.reduce(diffs)) if n > 1 else 0.0
+    times = ends.tolist() if n > 1 and self.keep_token_times else None
+    decode = {id(r) for r in work.decode}
+    rows = 0
+    for r in emitted:
+      rec = records[r.request_id]
+      prev = rec.last_token_s
+      if id(r) in decode:
+        rows += 1
+        gaps.add_one(first - prev)
+        rec.add_tokens(first, last, n, inner, times)
+      else:
+        if prev is not None:
+          gaps.add_one(last - prev)
+        rec.add_token(last)
+    if diffs is not None:
+      gaps.add(diffs, rows)
 
   # ------------------------------------------------------------------ work
   def _kick(self, inst: Instance) -> None:
@@ -194,7 +217,7 @@ class Simulator:
     ends = self._plan(work)
     work.steps = len(ends)
     run = self._running[inst.name] = _Running(work, ends)
-    self._push(float(ends[-1]), _DONE, work, self._index[inst.name], run.version)
+    self._push(float(ends[-1]), _DONE, work, self._index[inst], run.version)
 
   def _plan(self, work: Work) -> list[float] | np.ndarray:
     """End time of each step: one for a prefill / mixed step or a single decode
@@ -212,8 +235,11 @@ class Simulator:
       return [self.now + perf.decode_step_time(batch, total)]
     # Every context grows by one token per step. Accumulating [now, d0, d1, ...]
     # left to right gives the very floats stepping computes (now + d0) + d1 ...
-    times = perf.decode_step_times(batch, total + batch * np.arange(steps, dtype=np.float64))
-    return np.add.accumulate(np.concatenate(([self.now], times)))[1:]
+    ctx_sums = np.arange(total, total + batch * steps, batch, dtype=np.float64)[:steps]
+    ends = np.empty(steps + 1)
+    ends[0] = self.now
+    ends[1:] = perf.decode_step_times(batch, ctx_sums)
+    return np.add.accumulate(ends, out=ends)[1:]
 
   def _cut(self, run: _Running) -> None:
     """Shortens a leap to the step in progress (where stepping would re-plan)."""
@@ -222,13 +248,13 @@ class Simulator:
       return
     # Stepping would have ended an iteration finishing exactly now before this
     # event and started the next one: keep through the first step ending later.
-    keep = int(np.searchsorted(run.ends, self.now, side="right")) + 1
+    keep = int(run.ends.searchsorted(self.now, side="right")) + 1
     if keep >= len(run.ends):
       return
     run.ends = run.ends[:keep]
     work.steps = keep
     run.version += 1
-    self._push(float(run.ends[-1]), _DONE, work, self._index[work.instance.name], run.version)
+    self._push(float(run.ends[-1]), _DONE, work, self._index[work.instance], run.version)
 
   def _fail_leftovers(self) -> None:
     for r in list(self.coord.requests_in_flight()):

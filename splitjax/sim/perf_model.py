@@ -17,6 +17,7 @@ decode draw and ``peak_power`` the prefill draw (A100 tp=8 medians: 0.92 / 0.43)
 
 from __future__ import annotations
 
+import bisect
 import collections
 import csv
 import dataclasses
@@ -110,9 +111,14 @@ class Curve:
 
   def __call__(self, x: float) -> float:
     xs, ys = self.xs, self.ys
-    if len(xs) == 1 or xs[0] < x < xs[-1]:
-      return float(np.interp(x, xs, ys))
-    i = 0 if x <= xs[0] else len(xs) - 2
+    if len(xs) == 1:
+      return ys[0]
+    if xs[0] < x < xs[-1]:
+      i = bisect.bisect_right(xs, x) - 1
+      if x == xs[i]:
+        return ys[i]
+    else:
+      i = 0 if x <= xs[0] else len(xs) - 2
     return max(0.0, ys[i] + (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) * (x - xs[i]))
 
 
