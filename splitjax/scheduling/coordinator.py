@@ -135,32 +135,36 @@ class Coordinator:
     if inst.busy:
       raise ValueError(f"instance {inst.name} is busy")
     work = self.policies.steps[inst.role].next_work(inst, now)
-    inst.busy = work is not None
+    if work is not None:
+      inst.busy = True
     return work
 
   def complete(self, work: Work) -> Completion:
     """Applies a finished ``work``: tokens emitted, phases advanced, memory of
     finished requests freed."""
-    inst, out = work.instance, Completion()
+    inst, out = work.instance, Completion([], [], [])
     inst.busy = False
-    live = lambda r: r.phase != Phase.FINISHED      # failed while the work ran
-    for r in filter(live, work.prefill):
-      r.prefilled = r.prompt_tokens
-      self._prefilled(inst, r, out)
+    finished = Phase.FINISHED            # a request failed while the work ran is skipped
+    for r in work.prefill:
+      if r.phase is not finished:
+        r.prefilled = r.prompt_tokens
+        self._prefilled(inst, r, out)
     for c in work.chunks:
-      if live(c.request):
+      if c.request.phase is not finished:
         c.request.prefilled = c.end
         if c.last:
           self._prefilled(inst, c.request, out)
         else:
           inst.prefilling.reweigh(c.request.request_id)
-    for r in filter(live, work.decode):
-      r.generated += work.steps
-      out.emitted.append(r)
-      if r.done:
-        del inst.decoding[r.request_id]
-        inst.give_back_slot(r)
-        self._finished(r, out)
+    steps = work.steps
+    for r in work.decode:
+      if r.phase is not finished:
+        r.generated += steps
+        out.emitted.append(r)
+        if r.done:
+          del inst.decoding[r.request_id]
+          inst.give_back_slot(r)
+          self._finished(r, out)
     return out
 
   def _prefilled(self, inst: Instance, r: Request, out: Completion) -> None:

@@ -82,16 +82,6 @@ class MixedPool:
     for i in instances:
       i.watchers.append(self._stale)
 
-  def _count(self, role: Role, load, sign: int) -> None:
-    if role == Role.PROMPT:
-      self._prompt_sum += sign * load
-      self._n_prompt += sign
-    elif role == Role.TOKEN:
-      self._pressure_sum += sign * load
-      self._n_token += sign
-    else:
-      self._n_mixed += sign
-
   def _quiet(self, instances: Sequence[Instance]) -> bool:
     """No mixed pool and no pressure: nothing to do (the common case).
 
@@ -103,16 +93,32 @@ class MixedPool:
     self._bind(instances)
     if not self._stale:
       return self.quiet                # nothing changed since the last answer
-    loads = self._loads
-    for i in self._stale:            # (role, load): prompt tokens or token pressure
+    loads, prompt, token = self._loads, Role.PROMPT, Role.TOKEN
+    for i in self._stale:      # (role, load): a prompt's pending tokens, a token's pressure
       old = loads.get(i)
       if old is not None:
-        self._count(old[0], old[1], -1)
+        role, load = old
+        if role is prompt:
+          self._prompt_sum -= load
+          self._n_prompt -= 1
+        elif role is token:
+          self._pressure_sum -= load
+          self._n_token -= 1
+        else:
+          self._n_mixed -= 1
       role = i.role
-      load = (i.pending_prompt_tokens if role == Role.PROMPT else
-              i.token_pressure if role == Role.TOKEN else 0)
+      if role is prompt:
+        load = i.pending_prompt_tokens
+        self._prompt_sum += load
+        self._n_prompt += 1
+      elif role is token:
+        load = i.token_pressure
+        self._pressure_sum += load
+        self._n_token += 1
+      else:
+        load = 0
+        self._n_mixed += 1
       loads[i] = (role, load)
-      self._count(role, load, +1)
     self._stale.clear()
     if self._n_mixed or (self._n_prompt and
                          self._prompt_sum > self.prompt_limit * self._n_prompt):

@@ -56,16 +56,19 @@ class _Keys:
 
   def __init__(self, key):
     self.key, self.cached, self.dirty = key, {}, set()
+    self._last = None              # the last instance sequence seen (all cached)
 
   def __call__(self, instances: Sequence[Instance]) -> dict:
     cached, key = self.cached, self.key
     for i in self.dirty:
       cached[i] = key(i)
     self.dirty.clear()
-    for i in instances:
-      if i not in cached:
-        i.watchers.append(self.dirty)
-        cached[i] = key(i)
+    if instances is not self._last:
+      for i in instances:
+        if i not in cached:
+          i.watchers.append(self.dirty)
+          cached[i] = key(i)
+      self._last = instances
     return cached
 
 
