@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import jax
-import jax.numpy as jnp
+if TYPE_CHECKING:                  # the quiet check and best_time need no jax
+  import jax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +73,11 @@ def best_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> fl
   return min(times)
 
 
-def matmul_peak_flops(device: jax.Device, n: int = 2048, dtype=jnp.float32) -> float:
-  """Achieved FLOP/s of one n x n x n matmul on ``device`` (best of 5)."""
+def matmul_peak_flops(device: jax.Device, n: int = 2048, dtype=None) -> float:
+  """Achieved FLOP/s of one n x n x n matmul on ``device`` (best of 5; float32 default)."""
+  import jax
+  import jax.numpy as jnp
+  dtype = jnp.float32 if dtype is None else dtype
   a = jax.device_put(jnp.ones((n, n), dtype) * 0.5, device)
   b = jax.device_put(jnp.ones((n, n), dtype) * 0.25, device)
   mm = jax.jit(lambda x, y: x @ y)
@@ -84,6 +87,8 @@ def matmul_peak_flops(device: jax.Device, n: int = 2048, dtype=jnp.float32) -> f
 
 def stream_read_bandwidth(device: jax.Device, nbytes: int = 512 * 2 ** 20) -> float:
   """Bytes/s of a jitted full reduction over an ``nbytes`` float32 array."""
+  import jax
+  import jax.numpy as jnp
   x = jax.device_put(jnp.ones((nbytes // 4,), jnp.float32), device)
   total = jax.jit(jnp.sum)
   t = best_time(lambda: total(x).block_until_ready())
@@ -92,6 +97,8 @@ def stream_read_bandwidth(device: jax.Device, nbytes: int = 512 * 2 ** 20) -> fl
 
 def dispatch_overhead(device: jax.Device) -> float:
   """Seconds to dispatch and finish a trivial jitted program on ``device``."""
+  import jax
+  import jax.numpy as jnp
   x = jax.device_put(jnp.ones((8,), jnp.float32), device)
   f = jax.jit(lambda v: v + 1)
   return best_time(lambda: f(x).block_until_ready(), repeats=50, warmup=5)
