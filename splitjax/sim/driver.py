@@ -78,6 +78,9 @@ class Simulator:
     self.keep_token_times = keep_token_times
     self.gaps = GapSample()
     self.busy = BusyLedger(coord.instances, sample_every_s)
+    # Called as f(instance index, work, start_s, end_s) after every finished
+    # iteration (``work.steps`` decode steps for a leap), e.g. an energy ledger.
+    self.work_observers: list[Callable[[int, Work, float, float], None]] = []
     self._heap: list = []
     self._seq = itertools.count()
     self._running: dict[str, _Running] = {}
@@ -158,7 +161,10 @@ class Simulator:
     inst = work.instance
     ends, n = self._running.pop(inst.name).ends, work.steps
     first, last = float(ends[0]), float(ends[-1])
-    self.busy.add(self._index[inst], work.kind, work.started_s, last)
+    index = self._index[inst]
+    self.busy.add(index, work.kind, work.started_s, last)
+    for observe in self.work_observers:
+      observe(index, work, work.started_s, last)
     done = self.coord.complete(work)
     records = self.records
     if work.decode:
