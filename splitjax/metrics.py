@@ -12,6 +12,7 @@ Definitions (seconds, measured from the request's arrival):
 
 from __future__ import annotations
 
+import array
 import csv
 import dataclasses
 import enum
@@ -121,37 +122,37 @@ class RequestRecord:
 class GapSample:
   """A multiset of inter-token gaps stored as (values, weight) runs, for runs
   too large to keep every token time. A decode step shared by a batch of
-  ``w`` requests adds its gap once with weight ``w``. Percentiles equal
-  ``np.percentile`` (linear) over the expanded multiset."""
+  ``w`` requests adds its gap once with weight ``w``. Storage is flat (8 bytes
+  per stored value + 16 per run). Percentiles equal ``np.percentile``
+  (linear) over the expanded multiset."""
 
-  _FLUSH = 1 << 16
   _EXPAND = 1 << 25          # expand up to this many gaps (256 MiB), else sort runs
 
   def __init__(self):
-    self._runs: list[tuple[np.ndarray, int]] = []
-    self._ones: list[float] = []
+    self._values = array.array("d")
+    self._lengths = array.array("q")
+    self._weights = array.array("q")
 
   def add(self, values: np.ndarray, weight: int) -> None:
-    """Each of ``values`` (seconds) ``weight`` times."""
+    """Each of ``values`` (seconds, float64) ``weight`` times."""
     if weight > 0 and len(values):
-      self._runs.append((np.asarray(values, dtype=np.float64), weight))
+      self._values.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+      self._lengths.append(len(values))
+      self._weights.append(weight)
 
-  def add_one(self, value: float) -> None:
-    self._ones.append(value)
-    if len(self._ones) >= self._FLUSH:
-      self._flush()
-
-  def _flush(self) -> None:
-    if self._ones:
-      self._runs.append((np.asarray(self._ones, dtype=np.float64), 1))
-      self._ones = []
+  def add_value(self, value: float, weight: int = 1) -> None:
+    """``value`` (seconds) ``weight`` times."""
+    if weight > 0:
+      self._values.append(value)
+      self._lengths.append(1)
+      self._weights.append(weight)
 
   def percentiles(self) -> "Percentiles":
-    self._flush()
-    if not self._runs:
+    if not self._values:
       return Percentiles(math.nan, math.nan, math.nan, math.nan, 0)
-    v = np.concatenate([r for r, _ in self._runs])
-    w = np.repeat([k for _, k in self._runs], [len(r) for r, _ in self._runs])
+    v = np.frombuffer(self._values, dtype=np.float64)
+    w = np.repeat(np.frombuffer(self._weights, dtype=np.int64),
+                  np.frombuffer(self._lengths, dtype=np.int64))
     n = int(w.sum())
     if n <= self._EXPAND:
       return Percentiles.of_array(np.repeat(v, w))

@@ -35,7 +35,7 @@ class ArrivalProcess(enum.Enum):
   GAMMA = "gamma"       # gamma gaps with a chosen coefficient of variation (burstiness)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class RequestSpec:
   """One request: arrival (seconds from the workload start) and token counts."""
   request_id: int

@@ -75,7 +75,7 @@ def test_gap_sample_equals_numpy_over_the_expanded_multiset(runs, ones):
     for values, weight in runs:
       sample.add(np.array(values), weight)
     for v in ones:
-      sample.add_one(v)
+      sample.add_value(v)
     p = sample.percentiles()
     assert p.count == len(expanded)
     if expanded:

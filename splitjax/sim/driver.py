@@ -193,18 +193,20 @@ class Simulator:
     inner = float(np.maximum.reduce(diffs)) if n > 1 else 0.0
     times = ends.tolist() if n > 1 and self.keep_token_times else None
     decode = {id(r) for r in work.decode}
-    rows = 0
+    rows, since = 0, {}                  # previous token time -> rows (usually one or two)
     for r in emitted:
       rec = records[r.request_id]
       prev = rec.last_token_s
       if id(r) in decode:
         rows += 1
-        gaps.add_one(first - prev)
+        since[prev] = since.get(prev, 0) + 1
         rec.add_tokens(first, last, n, inner, times)
       else:
         if prev is not None:
-          gaps.add_one(last - prev)
+          gaps.add_value(last - prev)
         rec.add_token(last)
+    for prev, count in since.items():    # a row's gap into this step, once per distinct start
+      gaps.add_value(first - prev, count)
     if diffs is not None:
       gaps.add(diffs, rows)
 
