@@ -71,6 +71,8 @@ _C_PROMPTS = flags.DEFINE_list("contention_prompt_sizes", ["128", "1024"],
 _C_BATCHES = flags.DEFINE_list("contention_batch_sizes", ["1", "16"],
                                "Probe batch sizes (a subset of --batch_sizes).")
 _DEVICES = flags.DEFINE_integer("num_cpu_devices", 8, "Virtual CPU devices (CPU only).")
+_WAIT = flags.DEFINE_float("wait_quiet_s", 0.0, "Before each profile / serve step, wait up to "
+                           "this many seconds for a quiet machine (then run anyway).")
 _SAMPLE = flags.DEFINE_float("sim_sample_every_s", 0.1, "Simulated busy-instance sampling "
                              "period for the concurrency estimate, seconds.")
 
@@ -86,10 +88,12 @@ class StepError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-  """One step: wall seconds and the CPU other processes used meanwhile (cores)."""
+  """One step: wall seconds, the CPU other processes used meanwhile (cores), and
+  seconds spent waiting for a quiet machine before it (--wait_quiet_s)."""
   name: str
   wall_s: float
   other_cores: float
+  waited_s: float = 0.0
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -102,11 +106,24 @@ def _cpu_seconds() -> tuple[float, float]:
   return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
 
 
+def _wait_quiet(limit_s: float) -> float:
+  """Waits until other processes use under benchmarking's quiet threshold of CPU
+  over a 2 s window, at most ``limit_s`` seconds; returns the seconds waited."""
+  from splitjax.benchmarking import check_quiet
+  t0 = time.perf_counter()
+  while time.perf_counter() - t0 < limit_s and not check_quiet(2.0).quiet:
+    pass
+  return time.perf_counter() - t0
+
+
 def _run_step(name: str, script: str, args: list[str], out: Path) -> Step:
   """``python scripts/<script> args`` from the repository root, output to
   DIR/<name>.log. Raises StepError with the log's tail if it fails."""
   log = out / f"{name}.log"
-  print(f"[{name}] scripts/{script} ... (log: {log})", flush=True)
+  waited = _wait_quiet(_WAIT.value) if _WAIT.value > 0 else 0.0
+  print(f"[{name}] scripts/{script} ... (log: {log})"
+        + (f" after waiting {waited:.0f} s for a quiet machine" if waited >= 2.5 else ""),
+        flush=True)
   (busy0, own0), t0 = _cpu_seconds(), time.perf_counter()
   with log.open("w") as f:
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args],
@@ -115,7 +132,7 @@ def _run_step(name: str, script: str, args: list[str], out: Path) -> Step:
   if proc.returncode != 0:
     tail = "\n".join(log.read_text().splitlines()[-15:])
     raise StepError(f"{name} failed (exit {proc.returncode}); end of {log}:\n{tail}")
-  step = Step(name, wall, max(0.0, (busy1 - busy0) - (own1 - own0)) / wall)
+  step = Step(name, wall, max(0.0, (busy1 - busy0) - (own1 - own0)) / wall, waited)
   print(f"[{name}] done in {wall:.0f} s; other processes used {step.other_cores:.2f} cores",
         flush=True)
   return step
@@ -342,12 +359,12 @@ def _run(out: Path) -> dict:
   from splitjax import benchmarking as bm
   from splitjax.config import from_config_dict
   from splitjax.serve_config import ServeConfig
+  from splitjax.sim.sim_config import SimConfig
   serve_cfg = from_config_dict(ServeConfig, _CONFIG.value)
   sim_dict = _load_sim_dict(_CONFIG.value)
+  sim_cfg = from_config_dict(SimConfig, sim_dict)
   before = bm.check_quiet()
   print(before.describe().replace("machine check", "machine check before"), flush=True)
-  from splitjax.sim.sim_config import SimConfig
-  sim_cfg = from_config_dict(SimConfig, sim_dict)
   profile_steps, solo_csv, probe_csvs = _profile(out, sim_cfg,
                                                  serve_cfg.scheduler.prompt_token_budget)
   serve_steps, serve_summary = _serve(out)
