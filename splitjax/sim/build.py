@@ -64,5 +64,6 @@ def build(cfg: SimConfig) -> tuple[Simulator, list[workload.RequestSpec]]:
     return seconds, network.kv_bytes(cfg.model, r.prompt_tokens)
 
   perf = {i.name: models[hardware[i.name].name] for i in instances}
-  sim = Simulator(coord, perf, transfer, leap=cfg.leap, sample_every_s=cfg.sample_every_s)
+  sim = Simulator(coord, perf, transfer, leap=cfg.leap, sample_every_s=cfg.sample_every_s,
+                  check_memory=cfg.check_memory)
   return sim, specs

@@ -79,6 +79,9 @@ class SimConfig:
   slo: SLOConfig = SLOConfig()
   leap: bool = True                # False: step every decode iteration (reference mode)
   sample_every_s: float = 1.0      # pool-occupancy timeline resolution
+  # Assert after every event that no instance holds more KV than it has
+  # (costs ~a second per 100k events; tests and audits).
+  check_memory: bool = False
 
   def __post_init__(self):
     c = self.cluster
@@ -123,4 +126,5 @@ def design_config_dict(*, prompt: PoolConfig | None = None, token: PoolConfig | 
   c.slo = section(SLOConfig())
   c.leap = True                 # False: step every decode iteration (reference mode)
   c.sample_every_s = 1.0        # pool-occupancy timeline resolution, seconds
+  c.check_memory = False        # True: assert KV <= capacity on every instance after every event
   return c

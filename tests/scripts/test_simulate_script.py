@@ -127,3 +127,27 @@ def test_every_sim_config_builds_and_runs_on_a_trace_window(path):
   assert specs and all(r.status == RequestStatus.COMPLETED for r in result.records)
   report = slo.evaluate(cfg, result.records)
   assert len(report.checks) == 9 and report.slowdown_dict()["e2e"]["p50"] > 0
+
+
+@needs_profiles
+@needs_conv
+@pytest.mark.parametrize("name", ["splitwise_hh", "baseline_h100"])
+def test_overloaded_small_cluster_conserves_requests_and_never_overfills_kv(name):
+  """A 5-machine cluster with little KV memory at 40 req/s: the mixed pool borrows,
+  memory binds, and still every request ends completed (or with a reason), with KV
+  checked against capacity after every event."""
+  c = _design(ROOT / "configs" / "sim" / f"{name}.py")
+  c.cluster.prompt.machines, c.cluster.token.machines, c.cluster.colocated.machines = 3, 2, 5
+  c.cluster.kv_memory_fraction = 0.01
+  c.workload.rate, c.workload.rate_duration_s = 40.0, 20.0
+  c.check_memory = True
+  cfg = from_config_dict(SimConfig, c)
+  sim, specs = build(cfg)
+  result = sim.run(specs)
+  d = result.to_dict()
+  assert d["requests"]["submitted"] == len(specs) > 500
+  assert d["requests"]["completed"] + d["requests"]["failed"] == len(specs)
+  assert all(r.reason for r in result.records if r.status != RequestStatus.COMPLETED)
+  assert d["occupancy"]["kv_used_fraction"]["max"] > 0.5          # memory really binds
+  if name == "splitwise_hh":
+    assert d["mixed_pool"]["borrowings"] > 0
