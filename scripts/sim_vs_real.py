@@ -12,15 +12,17 @@ Steps (the first two are subprocesses of the scripts, logs in DIR/*.log):
    DIR/profile_x<k>.csv, the same work on k instances at once.
 2. serve (scripts/serve.py) the configured trace slice: DIR/serve/ (summary.json ...).
 3. simulate (in process, no jax) the sim config mirroring the serving one
-   (configs/sim/cpu_split.py: same instances, slots, KV capacity, scheduler, slice):
-   - solo: the solo profile, every instance as if it had the host to itself;
-   - contention-aware: the solo profile's prefill / decode times x s(k), the slowdown
-     measured by the probe with k instances busy at once (s(1) = 1, linear between
-     measured k), k = the concurrency busy work sees, E[k^2] / E[k] over the
-     simulation's busy-instance samples. Slower instances stay busy longer, so k is
-     iterated to a fixed point; the serve run's own E[k^2] / E[k] is reported next to it.
+   (configs/sim/cpu_split.py: same instances, slots, KV capacity, scheduler, slice),
+   both priced by the solo profile:
+   - sim_solo: every instance as if it had the host to itself (what the simulator
+     assumes of separate machines);
+   - sim_shared_host (contention-aware): the instances' programs run one at a time
+     on the host in launch order (:class:`SharedHost`), stepping mode. That is how this
+     CPU runs programs of different virtual devices: dispatched together, they finish
+     one after another. The probe measures the consequence: k instances doing the
+     same work take ~k x as long as one (printed, not used by the simulation).
 4. print measured vs simulated (ratio = simulated / measured) for TTFT / TBT p50 / p90,
-   E2E p50 and throughput; write DIR/sim_vs_real.json (with both sims' summaries).
+   E2E and ITL p50, throughput and busy instances; write DIR/sim_vs_real.json.
 
 The 8 virtual devices share 2 cores, so the real instances slow each other down;
 the solo profile cannot know that. Whether the machine was quiet (other processes'
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from absl import app, flags
 
@@ -55,8 +58,7 @@ _OUTPUT = flags.DEFINE_string("output_dir", "runs/sim_vs_real", "Where the resul
 _REUSE_PROFILES = flags.DEFINE_string("reuse_profiles", None, "Directory with profile_solo.csv "
                                       "and profile_x<k>.csv of an earlier run: skip profiling.")
 _SERVE_SUMMARY = flags.DEFINE_string("serve_summary", None, "summary.json of an earlier serve "
-                                     "run of the same config (timeline.csv beside it): skip "
-                                     "serving.")
+                                     "run of the same config: skip serving.")
 _PROMPTS = flags.DEFINE_list("prompt_sizes", ["64", "65", "128", "129", "256", "257", "512",
                                               "513", "1024"],
                              "Solo profile prompt sizes; either side of each bucket edge, so "
@@ -73,13 +75,12 @@ _C_BATCHES = flags.DEFINE_list("contention_batch_sizes", ["1", "16"],
 _DEVICES = flags.DEFINE_integer("num_cpu_devices", 8, "Virtual CPU devices (CPU only).")
 _WAIT = flags.DEFINE_float("wait_quiet_s", 0.0, "Before each profile / serve step, wait up to "
                            "this many seconds for a quiet machine (then run anyway).")
-_SAMPLE = flags.DEFINE_float("sim_sample_every_s", 0.1, "Simulated busy-instance sampling "
-                             "period for the concurrency estimate, seconds.")
 
-METRICS = (("TTFT p50 (s)", "ttft_s", "p50"), ("TTFT p90 (s)", "ttft_s", "p90"),
-           ("TBT p50 (s)", "tbt_s", "p50"), ("TBT p90 (s)", "tbt_s", "p90"),
-           ("E2E p50 (s)", "e2e_s", "p50"), ("throughput (req/s)", "throughput",
-                                             "requests_per_s"))
+METRICS = (("TTFT p50 (s)", ("ttft_s", "p50")), ("TTFT p90 (s)", ("ttft_s", "p90")),
+           ("TBT p50 (s)", ("tbt_s", "p50")), ("TBT p90 (s)", ("tbt_s", "p90")),
+           ("E2E p50 (s)", ("e2e_s", "p50")), ("ITL p50 (s)", ("itl_s", "p50")),
+           ("throughput (req/s)", ("throughput", "requests_per_s")),
+           ("busy instances (mean)", ("occupancy", "busy_instances", "mean")))
 
 
 class StepError(RuntimeError):
@@ -207,74 +208,75 @@ def contention_factors(solo: dict, probes: dict[int, dict]) -> dict[str, dict[in
   return out
 
 
-def slowdown(factors: dict[int, float], k: float) -> float:
-  """Slowdown at k busy instances: linear between measured k, flat beyond the last."""
-  import numpy as np
-  ks = sorted(factors)
-  return float(np.interp(k, ks, [factors[x] for x in ks]))
+class SharedHost:
+  """One host running the programs of all its instances one at a time, in launch
+  order (first in, first out), each for its solo time: what this CPU does with
+  programs of different virtual devices (measured: 4 decode steps dispatched
+  together on 4 meshes finish one after another, not together)."""
+
+  def __init__(self):
+    self.free_at = 0.0     # when the last launched program ends, simulated seconds
+    self.programs = 0
+
+  def run(self, now: float, seconds: float) -> float:
+    """Seconds from ``now`` until a program of ``seconds`` launched at ``now`` ends."""
+    self.programs += 1
+    self.free_at = max(now, self.free_at) + seconds
+    return self.free_at - now
 
 
-def busy_concurrency(busy: list[int]) -> float:
-  """Mean number of busy instances seen by busy work, E[k^2] / E[k] over samples of
-  the busy-instance count k (1 if nothing was ever busy)."""
-  total = sum(busy)
-  return sum(k * k for k in busy) / total if total else 1.0
+@dataclasses.dataclass
+class HostQueuedPerf:
+  """A PerfModel whose programs queue on a :class:`SharedHost`: each call prices
+  one launched iteration (the simulator's stepping mode, leap=False) and returns
+  its wait behind earlier programs plus its own ``inner`` time, seconds."""
+  inner: object
+  host: SharedHost
+  clock: Callable[[], float]
+
+  def prefill_time(self, prompt_lens) -> float:
+    return self.host.run(self.clock(), self.inner.prefill_time(prompt_lens))
+
+  def decode_time(self, context_lens) -> float:
+    return self.host.run(self.clock(), self.inner.decode_time(context_lens))
+
+  def decode_step_time(self, batch: int, context_sum: int) -> float:
+    return self.host.run(self.clock(), self.inner.decode_step_time(batch, context_sum))
+
+  def decode_step_times(self, batch, context_sums):
+    raise NotImplementedError("a shared host prices one iteration at a time: leap=False")
+
+  def mixed_time(self, context_lens, chunks) -> float:
+    return self.host.run(self.clock(), self.inner.mixed_time(context_lens, chunks))
+
+  def power_w(self, phase) -> float:
+    return self.inner.power_w(phase)
 
 
-def _scaled_profile(solo_csv: Path, out_csv: Path, prefill: float, decode: float) -> None:
-  """``solo_csv`` with prompt_time x ``prefill`` and token_time x ``decode`` (e2e
-  recomputed) written to ``out_csv``."""
-  from splitjax.profiling import ProfileRow, ProfileWriter
-  writer = ProfileWriter(out_csv)
-  try:
-    with solo_csv.open(newline="") as f:
-      for r in csv.DictReader(f):
-        writer.write(ProfileRow(
-            model=r["model"], hardware=r["hardware"], prompt_size=int(r["prompt_size"]),
-            batch_size=int(r["batch_size"]), token_size=int(r["token_size"]),
-            prompt_time=float(r["prompt_time"]) * prefill,
-            token_time=float(r["token_time"]) * decode,
-            tensor_parallel=int(r["tensor_parallel"])))
-  finally:
-    writer.close()
-
-
-def _simulate(sim_dict, profile_csv: Path, out: Path) -> tuple[dict, float]:
-  """Runs the simulation priced by ``profile_csv``; writes out/summary.json and
-  requests.csv; returns (summary, busy concurrency E[k^2]/E[k])."""
+def _simulate(sim_dict, profile_csv: Path, out: Path, shared_host: bool) -> dict:
+  """Simulates priced by ``profile_csv`` (instances on one :class:`SharedHost` if
+  ``shared_host``); writes out/summary.json and requests.csv; returns the summary."""
   from splitjax.config import from_config_dict
   from splitjax.metrics import write_requests_csv
   from splitjax.sim.build import build
   from splitjax.sim.sim_config import SimConfig
   d = sim_dict.copy_and_resolve_references()
   d.cluster.profile_path = str(profile_csv)
-  d.sample_every_s = _SAMPLE.value
-  cfg = from_config_dict(SimConfig, d)
-  sim, specs = build(cfg)
+  d.leap = d.leap and not shared_host
+  sim, specs = build(from_config_dict(SimConfig, d))
+  host = SharedHost()
+  if shared_host:
+    for name, perf in list(sim.perf.items()):
+      sim.perf[name] = HostQueuedPerf(perf, host, lambda: sim.now)
   result = sim.run(specs)
+  if shared_host and host.programs == 0:
+    raise StepError("the shared-host simulation never priced a program through the host "
+                    "(the simulator no longer reads Simulator.perf per launch)")
   summary = result.to_dict()
   out.mkdir(parents=True, exist_ok=True)
   (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
   write_requests_csv(result.records, out / "requests.csv")
-  return summary, busy_concurrency([s.busy_instances for s in result.timeline])
-
-
-def _contention_sim(sim_dict, solo_csv: Path, factors, k0: float, out: Path) -> dict:
-  """The contention-aware simulation: iterate k -> simulate with the profile
-  scaled by s(k) -> k of that run, until k moves < 0.01 (at most 10 runs)."""
-  k, history = k0, []
-  for _ in range(10):
-    s_pre, s_dec = slowdown(factors["prefill"], k), slowdown(factors["decode"], k)
-    _scaled_profile(solo_csv, out / "profile_contention.csv", s_pre, s_dec)
-    summary, k_next = _simulate(sim_dict, out / "profile_contention.csv",
-                                out / "sim_contention")
-    history.append({"k": k, "prefill_slowdown": s_pre, "decode_slowdown": s_dec,
-                    "k_of_run": k_next})
-    if abs(k_next - k) < 0.01:
-      break
-    k = k_next
-  return {"summary": summary, "k": k, "prefill_slowdown": s_pre, "decode_slowdown": s_dec,
-          "iterations": history}
+  return summary
 
 
 def _serve(out: Path) -> tuple[list[Step], Path]:
@@ -290,27 +292,20 @@ def _serve(out: Path) -> tuple[list[Step], Path]:
   return [step], out / "serve" / "summary.json"
 
 
-def _serve_concurrency(summary_path: Path) -> float | None:
-  """E[k^2] / E[k] of the serve run's busy-instance samples (timeline.csv)."""
-  timeline = summary_path.parent / "timeline.csv"
-  if not timeline.exists():
-    return None
-  with timeline.open(newline="") as f:
-    return busy_concurrency([int(r["busy_instances"]) for r in csv.DictReader(f)])
-
-
-def _value(summary: dict, section: str, key: str) -> float:
-  return float(summary[section][key])
+def _value(summary: dict, path: tuple[str, ...]) -> float:
+  for key in path:
+    summary = summary[key]
+  return float(summary)
 
 
 def comparison(measured: dict, sims: dict[str, dict]) -> list[dict]:
   """One row per metric: measured, then each simulation's value and its ratio
   (simulated / measured)."""
   rows = []
-  for label, section, key in METRICS:
-    row = {"metric": label, "measured": _value(measured, section, key)}
+  for label, path in METRICS:
+    row = {"metric": label, "measured": _value(measured, path)}
     for name, s in sims.items():
-      row[name] = _value(s, section, key)
+      row[name] = _value(s, path)
       row[f"{name}_ratio"] = row[name] / row["measured"] if row["measured"] else float("nan")
     rows.append(row)
   return rows
@@ -349,7 +344,7 @@ def _machine_report(before, after, steps: list[Step]) -> dict:
     print(q.describe().replace("machine check", f"machine check during {s.name}"))
   print(after.describe().replace("machine check", "machine check after"))
   checks = [before, *during, after]
-  return {"quiet": all(q.quiet for q in checks),
+  return {"quiet": all(q.quiet for q in checks) if steps else None,
           "before_other_cores": before.other_cores, "after_other_cores": after.other_cores,
           "steps": [dataclasses.asdict(s) for s in steps]}
 
@@ -369,43 +364,36 @@ def _run(out: Path) -> dict:
                                                  serve_cfg.scheduler.prompt_token_budget)
   serve_steps, serve_summary = _serve(out)
   after = bm.check_quiet(1.0)
-  solo = _read_profile(solo_csv)
-  factors = contention_factors(solo, {k: _read_profile(p) for k, p in probe_csvs.items()})
+  factors = contention_factors(_read_profile(solo_csv),
+                               {k: _read_profile(p) for k, p in probe_csvs.items()})
   measured = json.loads(serve_summary.read_text())
-  sim_solo, k_solo = _simulate(sim_dict, solo_csv, out / "sim_solo")
-  _check_same_workload(measured, sim_solo)
-  cont = _contention_sim(sim_dict, solo_csv, factors, k_solo, out)
-  sims = {"sim_solo": sim_solo, "sim_contention": cont["summary"]}
-  rows = comparison(measured, sims)
+  sims = {"sim_solo": _simulate(sim_dict, solo_csv, out / "sim_solo", shared_host=False),
+          "sim_shared_host": _simulate(sim_dict, solo_csv, out / "sim_shared_host",
+                                       shared_host=True)}
+  _check_same_workload(measured, sims["sim_solo"])
   return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "config": _config_args(), "requests": measured["requests"],
           "machine": _machine_report(before, after, profile_steps + serve_steps),
-          "profiles": {"solo": str(solo_csv), "probes": {k: str(p) for k, p in probe_csvs.items()},
-                       "contention": str(out / "profile_contention.csv")},
-          "contention": {"slowdown": factors, "k_sim_solo": k_solo, "k_sim": cont["k"],
-                         "k_serve": _serve_concurrency(serve_summary),
-                         "prefill_slowdown": cont["prefill_slowdown"],
-                         "decode_slowdown": cont["decode_slowdown"],
-                         "iterations": cont["iterations"]},
-          "table": rows, "measured": measured, "simulated": sims,
-          "serve_summary": str(serve_summary)}
+          "profiles": {"solo": str(solo_csv),
+                       "probes": {k: str(p) for k, p in probe_csvs.items()}},
+          "contention_slowdown": factors, "table": comparison(measured, sims),
+          "measured": measured, "simulated": sims, "serve_summary": str(serve_summary)}
 
 
 def _print_report(report: dict) -> None:
-  c = report["contention"]
+  c = report["contention_slowdown"]
   fmt = lambda d: ", ".join(f"k={k}: {v:.2f}x" for k, v in sorted(d.items()))
-  print(f"\ncontention probe (k instances busy at once): prefill {fmt(c['slowdown']['prefill'])}; "
-        f"decode {fmt(c['slowdown']['decode'])}")
-  serve_k = "n/a" if c["k_serve"] is None else f"{c['k_serve']:.2f}"
-  print(f"busy instances seen by busy work E[k^2]/E[k]: simulated {c['k_sim']:.2f} "
-        f"(solo sim {c['k_sim_solo']:.2f}), served {serve_k} -> contention-aware profile = "
-        f"solo x {c['prefill_slowdown']:.2f} (prefill), x {c['decode_slowdown']:.2f} (decode)")
-  r = report["requests"]
+  print(f"\ncontention probe, the same work on k instances at once, time until all are done "
+        f"/ alone: prefill {fmt(c['prefill'])}; decode {fmt(c['decode'])}")
+  r, quiet = report["requests"], report["machine"]["quiet"]
+  verdict = ("no profile / serve step ran here" if quiet is None
+             else "quiet" if quiet else "BUSY (timings unreliable)")
   print(f"{r['submitted']} requests, {r['completed']} completed in the serve run; "
-        f"machine {'quiet' if report['machine']['quiet'] else 'BUSY (timings unreliable)'}\n")
+        f"machine: {verdict}\n")
   _print_table(report["table"], list(report["simulated"]))
-  print("sim_solo: solo profile (each instance alone on the host); sim_contention: solo "
-        "profile x the measured slowdown at the simulated concurrency; ratio = sim / measured")
+  print("sim_solo: every instance priced by the solo profile as if it had the host to itself; "
+        "sim_shared_host: the same profile, but all instances' programs run one at a time on "
+        "the host in launch order (FIFO); ratio = simulated / measured")
 
 
 def main(argv):

@@ -2,10 +2,11 @@
 trace, prompts <= 256 and outputs <= 32 tokens, a small profile grid).
 
 Checks the pipeline stays wired up: every request completes in the serve run and
-in both simulations, and the simulated p50 TTFT / TBT are within RATIO of the
-measured ones. The bound is loose on purpose: on a shared 2-core machine another
-process can slow either side ~2x; a unit mix-up (ms vs s) or a lost contention
-model would be off by far more. Nothing asserts on wall time.
+in both simulations, and the shared-host (contention-aware) simulation's p50 TTFT
+and TBT are within RATIO of the measured ones (within ~25% on a quiet machine).
+The bound is loose on purpose: on a shared 2-core machine another process can slow
+either side ~2x; a unit mix-up (ms vs s) would be off by far more. Nothing asserts
+on wall time.
 """
 
 import json
@@ -37,7 +38,7 @@ def check(tmp_path_factory):
 def test_every_request_completes_on_both_sides(check):
   _, report, _ = check
   sims = report["simulated"]
-  assert set(sims) == {"sim_solo", "sim_contention"}
+  assert set(sims) == {"sim_solo", "sim_shared_host"}
   for summary in (report["measured"], *sims.values()):
     req = summary["requests"]
     assert req["submitted"] > 5
@@ -47,12 +48,11 @@ def test_every_request_completes_on_both_sides(check):
 @needs_trace
 def test_simulated_p50_latencies_are_close_to_measured(check):
   _, report, _ = check
-  measured, sim = report["measured"], report["simulated"]["sim_contention"]
+  measured, sim = report["measured"], report["simulated"]["sim_shared_host"]
   for key in ("ttft_s", "tbt_s"):
     ratio = sim[key]["p50"] / measured[key]["p50"]
     assert 1 / RATIO < ratio < RATIO, (key, sim[key]["p50"], measured[key]["p50"])
-  c = report["contention"]
-  assert c["slowdown"]["decode"]["2"] > 1.0 and 1.0 <= c["k_sim"] <= 4.0
+  assert report["contention_slowdown"]["decode"]["2"] > 1.0    # two instances share the cores
 
 
 @needs_trace
@@ -60,11 +60,11 @@ def test_report_table_profiles_and_machine_check(check):
   out, report, stdout = check
   assert [r["metric"] for r in report["table"]] == [
       "TTFT p50 (s)", "TTFT p90 (s)", "TBT p50 (s)", "TBT p90 (s)", "E2E p50 (s)",
-      "throughput (req/s)"]
+      "ITL p50 (s)", "throughput (req/s)", "busy instances (mean)"]
   for row in report["table"]:
     assert row["sim_solo_ratio"] == pytest.approx(row["sim_solo"] / row["measured"])
-  for name in ("profile_solo.csv", "profile_x2.csv", "profile_contention.csv",
-               "serve/summary.json", "sim_solo/summary.json", "sim_contention/summary.json"):
+  for name in ("profile_solo.csv", "profile_x2.csv", "serve/summary.json",
+               "sim_solo/summary.json", "sim_shared_host/summary.json"):
     assert (out / name).exists(), name
   rows = (out / "profile_solo.csv").read_text().splitlines()
   assert rows[1].startswith("tiny,cpu-host,") and rows[1].endswith(",1")   # tp column 1
@@ -80,9 +80,9 @@ def test_reuse_skips_profiling_and_serving(check, tmp_path):
   run_script("sim_vs_real.py", *SHORT, f"--output_dir={tmp_path}",
              f"--reuse_profiles={out}", f"--serve_summary={out / 'serve' / 'summary.json'}")
   again = json.loads((tmp_path / "sim_vs_real.json").read_text())
-  assert again["machine"]["steps"] == []
+  assert again["machine"]["steps"] == [] and again["machine"]["quiet"] is None
   assert again["measured"] == first["measured"]
-  assert again["simulated"]["sim_solo"] == first["simulated"]["sim_solo"]   # deterministic
+  assert again["simulated"] == first["simulated"]      # the simulations are deterministic
 
 
 def test_missing_reused_profiles_are_a_clear_error(tmp_path):
