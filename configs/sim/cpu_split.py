@@ -29,9 +29,10 @@ def get_config():
 
 
 def mirror_serve_config(serve, profile_path: str = "", hardware: str = "cpu-host"):
-  """The SimConfig ConfigDict of the serving ConfigDict ``serve`` (split policy):
-  each serving instance becomes one ``hardware`` machine; ``profile_path`` ""
-  -> runs/sim_vs_real/profile_solo.csv in the repository."""
+  """The SimConfig ConfigDict of the serving ConfigDict ``serve``, any policy (split:
+  its prompt / token instance counts; co-located: its colocated count): each serving
+  instance becomes one ``hardware`` machine. ``profile_path`` "" ->
+  runs/sim_vs_real/profile_solo.csv in the repository."""
   import dataclasses
 
   import ml_collections
