@@ -162,6 +162,11 @@ def _profile(out: Path, sim_cfg, budget: int) -> tuple[list[Step], Path, dict[in
     if missing:
       raise StepError(f"--reuse_profiles: missing {', '.join(missing)}")
     return [], solo, probes
+  for probe, grid, what in ((_C_PROMPTS, _PROMPTS, "prompt_sizes"),
+                            (_C_BATCHES, _BATCHES, "batch_sizes")):
+    if not set(_sizes(probe.value, f"--contention_{what}")) <= set(_sizes(grid.value, f"--{what}")):
+      raise StepError(f"--contention_{what} must be a subset of --{what} (the probe is "
+                      f"compared with the solo profile's same combos)")
   hw = get_hardware(sim_cfg.cluster.prompt.hardware)
   common = [*_config_args(), f"--num_cpu_devices={_DEVICES.value}",
             f"--token_size={_TOKENS.value}", f"--repeats={_REPEATS.value}",
