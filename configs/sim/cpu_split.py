@@ -13,8 +13,8 @@ two cannot drift apart:
 - cluster: one `cpu-host` machine per serving instance; max_batch = the engine's
   decode_slots; transfer mode and layerwise_min_tokens as served; KV capacity per
   instance = the serving cluster's (cluster.kv_capacity_tokens, or decode_slots x
-  max_cache_len tokens), reached through kv_memory_fraction (the simulator sizes KV
-  from the machine's memory, and the real engine's cache is far smaller);
+  max_cache_len tokens), set explicitly (the real engine's cache is far smaller than
+  the machine's memory);
 - scheduler and workload: copied; the SLO reference is the same `cpu-host`.
 """
 
@@ -54,21 +54,10 @@ def mirror_serve_config(serve, profile_path: str = "", hardware: str = "cpu-host
       colocated=PoolConfig(s.cluster.colocated_instances, hardware),
       profile_path=profile_path or cli.repo_path("runs", "sim_vs_real", "profile_solo.csv"),
       transfer=s.cluster.transfer, layerwise_min_tokens=s.engine.layerwise_min_tokens,
-      kv_memory_fraction=kv_memory_fraction_for(model, hardware, kv_tokens),
-      max_batch=slots))
+      kv_capacity_tokens=kv_tokens, max_batch=slots))
   c.scheduler = section(s.scheduler)
   c.workload = section(s.workload)
   c.slo = section(SLOConfig(reference_hardware=hardware))
   c.leap = True
   c.sample_every_s = s.sample_every_s
   return c
-
-
-def kv_memory_fraction_for(model, hardware: str, kv_tokens: int) -> float:
-  """The kv_memory_fraction that makes ``splitjax.sim.build.kv_capacity_tokens``
-  give exactly ``kv_tokens`` tokens on one ``hardware`` machine (memory after the
-  weights x fraction // KV bytes per token; aimed at the middle of a token)."""
-  from splitjax.sim.hardware import get_hardware
-  free = get_hardware(hardware).machine_memory_bytes - model.param_count() * model.bytes_per_param
-  per_token = model.kv_bytes_per_token()
-  return (kv_tokens + 0.5) * per_token / free

@@ -17,13 +17,19 @@ from splitjax.sim.sim_config import PerfModelKind, SimConfig
 
 
 def kv_capacity_tokens(cfg: SimConfig, hw: Hardware) -> int:
-  """KV tokens one machine holds: memory after the weights x kv_memory_fraction."""
+  """KV tokens one machine holds: ``cluster.kv_capacity_tokens`` if set, else the
+  memory after the weights x kv_memory_fraction."""
   m = cfg.model
   free = hw.machine_memory_bytes - m.param_count() * m.bytes_per_param
   if free <= 0:
     raise ConfigError(f"{m.name} weights ({m.param_count() * m.bytes_per_param / 1e9:.0f} GB) "
                       f"do not fit a {hw.name} ({hw.machine_memory_bytes / 1e9:.0f} GB)")
-  return int(free * cfg.cluster.kv_memory_fraction) // m.kv_bytes_per_token()
+  fixed = cfg.cluster.kv_capacity_tokens
+  if fixed and fixed * m.kv_bytes_per_token() > free:
+    raise ConfigError(f"cluster.kv_capacity_tokens={fixed} needs "
+                      f"{fixed * m.kv_bytes_per_token() / 1e9:.1f} GB of KV; a {hw.name} has "
+                      f"{free / 1e9:.1f} GB after the weights")
+  return fixed or int(free * cfg.cluster.kv_memory_fraction) // m.kv_bytes_per_token()
 
 
 def perf_model(cfg: SimConfig, hw: Hardware) -> PerfModel:

@@ -36,12 +36,17 @@ class SimClusterConfig:
   layerwise_min_tokens: int = 512
   # Fraction of the memory left after the weights that holds KV.
   kv_memory_fraction: float = 0.9
+  # KV tokens per instance; 0 -> derived from the machine's memory as above
+  # (set it to mirror an engine whose cache is sized explicitly, e.g. on CPU).
+  kv_capacity_tokens: int = 0
   # Most requests decoding at once on an instance (its decode batch cap).
   max_batch: int = 512
 
   def __post_init__(self):
     if not 0.0 < self.kv_memory_fraction <= 1.0:
       raise ConfigError("cluster.kv_memory_fraction must be in (0, 1]")
+    if self.kv_capacity_tokens < 0:
+      raise ConfigError("cluster.kv_capacity_tokens must be >= 0 (0: from memory)")
     if self.max_batch <= 0 or self.layerwise_min_tokens <= 0:
       raise ConfigError("cluster.max_batch and cluster.layerwise_min_tokens must be positive")
     for name in ("prompt", "token", "colocated"):

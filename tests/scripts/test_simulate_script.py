@@ -151,3 +151,16 @@ def test_overloaded_small_cluster_conserves_requests_and_never_overfills_kv(name
   assert d["occupancy"]["kv_used_fraction"]["max"] > 0.5          # memory really binds
   if name == "splitwise_hh":
     assert d["mixed_pool"]["borrowings"] > 0
+
+
+def test_explicit_kv_capacity_is_used_and_checked():
+  from splitjax.config import ConfigError
+  from splitjax.sim.build import kv_capacity_tokens
+  c = _design(ROOT / "configs" / "sim" / "splitwise_hh.py")
+  hw = get_hardware("dgx-h100")
+  assert kv_capacity_tokens(from_config_dict(SimConfig, c), hw) > 10**6   # from memory
+  c.cluster.kv_capacity_tokens = 4096
+  assert kv_capacity_tokens(from_config_dict(SimConfig, c), hw) == 4096
+  c.cluster.kv_capacity_tokens = 10**9
+  with pytest.raises(ConfigError, match="kv_capacity_tokens=1000000000 needs"):
+    kv_capacity_tokens(from_config_dict(SimConfig, c), hw)
