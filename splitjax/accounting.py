@@ -1,0 +1,559 @@
+"""Energy (joules) and cost (US dollars) of a run: per instance, per request, per run.
+
+Pure Python + numpy, no jax. Drivers report every finished iteration to an
+:class:`EnergyLedger` (a work observer: ``ledger(instance_index, work, start_s,
+end_s)``); the power and price of each instance are given as
+:class:`InstanceRates`. :meth:`EnergyLedger.account` turns the iterations, the
+run's length and the request records into a :class:`RunAccount`.
+
+Rules (all times in seconds on the driver's clock, the run is ``[0, run_s)``):
+
+- Time. An instance runs one iteration at a time; each iteration is PREFILL,
+  DECODE or MIXED (``WorkKind``) and is busy time of that phase. Idle time is
+  the length of the gaps between an instance's iterations (before the first,
+  between, after the last), so busy + idle == run_s holds only if no two
+  iterations of an instance overlap and none runs past the run: the
+  conservation tests check exactly that.
+- Energy. Busy phase seconds x the instance's power in that phase, plus idle
+  seconds x its idle power. Machine power per phase already covers the whole
+  machine (devices, host, NICs), so KV transfers add no energy: they overlap
+  compute or idle time on both sides and are reported as a separate,
+  network-side quantity (bytes sent / received and the exposed seconds of the
+  sends, from the request records).
+- Cost. Machines are paid for the whole run, idle or not:
+  cost = run_s / 3600 x price per hour. The busy part of it (iteration seconds
+  x price per second) is what requests are charged; the idle part stays with
+  the run.
+- Per request. An iteration's energy and busy cost are split among the requests
+  in it by the tokens each one had processed in it: its prompt tokens for a
+  prefill row, the chunk's length for a prompt chunk, one token per step for a
+  decode row (a decode leap of ``work.steps`` steps gives each row ``steps``
+  tokens). So per-request energies add up to the cluster's energy minus idle
+  energy, and per-request costs to the busy cost. An iteration with no rows
+  (none in the drivers here) is reported as unattributed.
+- Power over time. Cluster draw = every instance's idle power plus, while it
+  runs an iteration, the difference to that phase's power. The instantaneous
+  peak comes from a sweep over iteration starts and ends; the series holds the
+  mean draw per window.
+
+In the simulator (:func:`simulator_ledger`) an instance's power per phase is its
+perf model's ``power_w(Phase)``: measured profile power where the profile has
+it, otherwise rated-power fractions (``splitjax.sim.hardware.PhasePower``:
+prefill / mixed 1.0, decode 0.45, idle 0.15 of machine power, bounded by the
+machine's power cap). The idle fraction 0.15 is an assumption (about 60 W of a
+400 W A100, 100 W of a 700 W H100, host included in proportion); no profile
+measures idle power. Price: the catalog's ``cost_per_hour_usd`` x the share of
+the machine's devices the instance uses.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import itertools
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from splitjax.metrics import Percentiles, RequestRecord, RequestStatus
+from splitjax.scheduling.records import Instance, Role, Work, WorkKind
+from splitjax.sim.hardware import Hardware
+from splitjax.sim.perf_model import PerfModel, Phase, ProfilePerfModel
+from splitjax.sim.roofline import RooflineModel
+
+KINDS = tuple(WorkKind)                      # column order of every per-phase array
+assert KINDS == (WorkKind.PREFILL, WorkKind.DECODE, WorkKind.MIXED)
+SECONDS_PER_HOUR = 3600.0
+JOULES_PER_WH = 3600.0
+JOULES_PER_KWH = 3.6e6
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceRates:
+  """What one instance draws in each phase (watts) and costs (dollars per hour)."""
+  prefill_w: float
+  decode_w: float
+  mixed_w: float
+  idle_w: float
+  usd_per_hour: float
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        raise ValueError(f"{f.name} must be a finite number >= 0, got {v!r}")
+
+  @property
+  def busy_w(self) -> tuple[float, float, float]:
+    """Watts while running each ``KINDS`` phase."""
+    return (self.prefill_w, self.decode_w, self.mixed_w)
+
+  @property
+  def max_w(self) -> float:
+    """The most the instance draws in any phase, watts."""
+    return max(self.busy_w + (self.idle_w,))
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceAccount:
+  """One instance over a run. Seconds, joules and dollars; per-phase dicts have
+  every ``WorkKind``."""
+  name: str
+  home: Role
+  rates: InstanceRates
+  busy_s: dict[WorkKind, float]
+  idle_s: float
+  energy_j: dict[WorkKind, float]
+  idle_energy_j: float
+  cost_usd: float                 # the whole run: machine-hours x price
+  idle_cost_usd: float
+  kv_sent_bytes: int = 0
+  kv_received_bytes: int = 0
+  kv_send_exposed_s: float = 0.0  # sum over sent requests of KV landing - first token
+
+  @property
+  def total_busy_s(self) -> float:
+    return math.fsum(self.busy_s.values())
+
+  @property
+  def total_energy_j(self) -> float:
+    return math.fsum(self.energy_j.values()) + self.idle_energy_j
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestAccount:
+  """One request's share of the run: energy (Wh), cost ($), and the share of
+  each phase (fractions of its energy, and of its cost)."""
+  request_id: int
+  energy_wh: float
+  cost_usd: float
+  energy_share: dict[WorkKind, float]
+  cost_share: dict[WorkKind, float]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RequestAccounts:
+  """Every request that took part in an iteration, as arrays (compact for
+  million-request runs). ``energy_j`` / ``cost_usd``: ``[n, 3]`` by ``KINDS``."""
+  request_ids: np.ndarray
+  energy_j: np.ndarray
+  cost_usd: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.request_ids)
+
+  def energy_wh(self) -> np.ndarray:
+    """Each request's energy, Wh."""
+    return self.energy_j.sum(axis=1) / JOULES_PER_WH
+
+  def total_cost_usd(self) -> np.ndarray:
+    """Each request's cost, dollars."""
+    return self.cost_usd.sum(axis=1)
+
+  def get(self, request_id: int) -> RequestAccount:
+    """One request (KeyError if it never ran)."""
+    i = int(np.searchsorted(self.request_ids, request_id))
+    if i == len(self.request_ids) or self.request_ids[i] != request_id:
+      raise KeyError(f"request {request_id} took part in no iteration")
+    e, c = self.energy_j[i], self.cost_usd[i]
+    share = lambda v: {k: float(v[j] / v.sum()) if v.sum() > 0 else 0.0
+                       for j, k in enumerate(KINDS)}
+    return RequestAccount(int(request_id), float(e.sum() / JOULES_PER_WH), float(c.sum()),
+                          share(e), share(c))
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerDraw:
+  """Cluster power over a run, watts.
+
+  ``over_time_w``: mean draw per ``window_s`` window (the last may be shorter);
+  ``peak_w`` / ``peak_at_s``: the instantaneous maximum and when it starts;
+  ``peak_window_w``: the highest mean over the finest windows (``fine_window_s``);
+  ``rated_w``: every instance at its hungriest phase at once. With a budget,
+  ``over_budget_s`` is how long the instantaneous draw exceeded it.
+  """
+  window_s: float
+  over_time_w: list[float]
+  fine_window_s: float
+  peak_window_w: float
+  peak_w: float
+  peak_at_s: float
+  average_w: float
+  rated_w: float
+  budget_w: float | None = None
+  over_budget_s: float = 0.0
+
+  @property
+  def peak_over_budget(self) -> float | None:
+    """Peak / budget (> 1: the budget was exceeded), or None without a budget."""
+    return self.peak_w / self.budget_w if self.budget_w else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunAccount:
+  """A whole run: instances, requests, power. ``completed`` / ``output_tokens``
+  (of completed requests) are the normalizers of the per-1k / per-1M figures."""
+  run_s: float
+  instances: list[InstanceAccount]
+  requests: RequestAccounts
+  power: PowerDraw
+  completed: int
+  output_tokens: int
+  unattributed_energy_j: float = 0.0
+  unattributed_cost_usd: float = 0.0
+
+  @property
+  def energy_j(self) -> float:
+    return math.fsum(i.total_energy_j for i in self.instances)
+
+  @property
+  def idle_energy_j(self) -> float:
+    return math.fsum(i.idle_energy_j for i in self.instances)
+
+  @property
+  def cost_usd(self) -> float:
+    return math.fsum(i.cost_usd for i in self.instances)
+
+  @property
+  def idle_cost_usd(self) -> float:
+    return math.fsum(i.idle_cost_usd for i in self.instances)
+
+  def energy_by_phase_j(self) -> dict[str, float]:
+    """Joules per phase value (``prefill`` / ``decode`` / ``mixed``) and ``idle``."""
+    out = {k.value: math.fsum(i.energy_j[k] for i in self.instances) for k in KINDS}
+    out["idle"] = self.idle_energy_j
+    return out
+
+  def line(self) -> str:
+    """One line for a console report."""
+    per_k = self.cost_usd / self.completed * 1e3 if self.completed else math.nan
+    idle = self.idle_energy_j / self.energy_j if self.energy_j > 0 else 0.0
+    p = self.power
+    budget = (f" ({p.peak_over_budget:.0%} of the {p.budget_w / 1e3:.1f} kW budget)"
+              if p.budget_w else "")
+    return (f"energy {self.energy_j / JOULES_PER_KWH:.1f} kWh ({idle:.0%} idle), cost "
+            f"${self.cost_usd:.2f} (${per_k:.2f} per 1k requests); power mean "
+            f"{p.average_w / 1e3:.1f} kW, peak {p.peak_w / 1e3:.1f} kW{budget}")
+
+  def to_dict(self) -> dict:
+    """The JSON-ready ``energy`` section of summary.json (see :func:`summary_dict`)."""
+    return _run_dict(self)
+
+
+class EnergyLedger:
+  """Iterations of ``instances`` (their order gives the observer's index), with
+  each instance's power and price in ``rates`` (same order). A work observer:
+  O(1) array appends per iteration plus one id and one token count per row."""
+
+  def __init__(self, instances: Sequence[Instance], rates: Sequence[InstanceRates]):
+    if len(instances) != len(rates):
+      raise ValueError(f"{len(instances)} instances but {len(rates)} rates")
+    self.names = [i.name for i in instances]
+    self.homes = [i.home for i in instances]
+    self.rates = list(rates)
+    self._codes, self._starts, self._ends = array.array("q"), array.array("d"), array.array("d")
+    self._row_ends = array.array("q")          # rows of iterations 0..k end here
+    self._ids, self._tokens = array.array("q"), array.array("q")
+
+  def __call__(self, index: int, work: Work, start_s: float, end_s: float) -> None:
+    """Instance ``index`` ran ``work`` from ``start_s`` to ``end_s``."""
+    kind = work.kind
+    self._codes.append(index * 3 + (0 if kind is WorkKind.PREFILL
+                                    else 1 if kind is WorkKind.DECODE else 2))
+    self._starts.append(start_s)
+    self._ends.append(end_s)
+    ids, tokens = self._ids, self._tokens
+    if work.prefill:
+      ids.extend([r.request_id for r in work.prefill])
+      tokens.extend([r.prompt_tokens for r in work.prefill])
+    if work.chunks:
+      ids.extend([c.request.request_id for c in work.chunks])
+      tokens.extend([c.end - c.start for c in work.chunks])
+    if work.decode:
+      ids.extend([r.request_id for r in work.decode])
+      tokens.extend(itertools.repeat(work.steps, len(work.decode)))
+    self._row_ends.append(len(ids))
+
+  @property
+  def iterations(self) -> int:
+    return len(self._codes)
+
+  def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    codes = np.frombuffer(self._codes, np.int64) if self._codes else np.zeros(0, np.int64)
+    return codes, np.asarray(self._starts, np.float64), np.asarray(self._ends, np.float64)
+
+  def account(self, run_s: float, records: Sequence[RequestRecord] = (), *,
+              window_s: float = 1.0, power_budget_w: float | None = None,
+              max_points: int = 120) -> RunAccount:
+    """Accounts of the run ``[0, run_s)``. ``records`` give the per-1k / per-1M
+    normalizers and the KV transfers; ``window_s``: the finest power window,
+    coarsened (whole windows merged) to at most ``max_points`` values."""
+    codes, starts, ends = self._arrays()
+    if len(ends) and (ends.max() > run_s * (1 + 1e-12) or starts.min() < 0
+                      or (ends < starts).any()):
+      raise ValueError(f"iterations must lie in [0, run_s={run_s}] with end >= start")
+    if window_s <= 0 or max_points < 1:
+      raise ValueError("window_s must be positive and max_points >= 1")
+    busy_w = np.array([r.busy_w for r in self.rates], np.float64).reshape(-1)
+    usd_per_s = np.repeat([r.usd_per_hour / SECONDS_PER_HOUR for r in self.rates], 3)
+    seconds = ends - starts
+    energy, cost = busy_w[codes] * seconds, usd_per_s[codes] * seconds
+    requests, unattributed = self._requests(codes, energy, cost)
+    instances = self._instances(codes, starts, ends, run_s, records)
+    done = [r for r in records if r.status == RequestStatus.COMPLETED]
+    power = _power_draw(self.rates, codes, starts, ends, run_s, window_s, power_budget_w,
+                        max_points)
+    return RunAccount(run_s, instances, requests, power, len(done),
+                      sum(r.tokens for r in done), *unattributed)
+
+  def _requests(self, codes, energy, cost) -> tuple[RequestAccounts, tuple[float, float]]:
+    """Each iteration's energy and cost split over its rows by tokens."""
+    ids = np.frombuffer(self._ids, np.int64) if self._ids else np.zeros(0, np.int64)
+    tokens = np.asarray(self._tokens, np.float64)
+    row_ends = np.asarray(self._row_ends, np.int64)
+    rows = np.diff(row_ends, prepend=0)
+    it = np.repeat(np.arange(len(codes)), rows)               # iteration of each row
+    per_iter = np.bincount(it, weights=tokens, minlength=len(codes))
+    empty = per_iter <= 0
+    weight = tokens / np.where(empty, 1.0, per_iter)[it]
+    uniq, inv = np.unique(ids, return_inverse=True)
+    col = inv * 3 + codes[it] % 3
+    size = 3 * len(uniq)
+    e = np.bincount(col, weights=energy[it] * weight, minlength=size).reshape(-1, 3)
+    c = np.bincount(col, weights=cost[it] * weight, minlength=size).reshape(-1, 3)
+    return (RequestAccounts(uniq, e, c),
+            (float(math.fsum(energy[empty])), float(math.fsum(cost[empty]))))
+
+  def _instances(self, codes, starts, ends, run_s: float,
+                 records: Sequence[RequestRecord]) -> list[InstanceAccount]:
+    n = len(self.names)
+    busy = np.bincount(codes, weights=ends - starts, minlength=3 * n).reshape(n, 3)
+    idle = _idle_seconds(codes // 3, starts, ends, run_s, n)
+    sent, received, exposed = _transfers(self.names, records)
+    out = []
+    for i, (name, home, r) in enumerate(zip(self.names, self.homes, self.rates)):
+      b = {k: float(busy[i, j]) for j, k in enumerate(KINDS)}
+      price_s = r.usd_per_hour / SECONDS_PER_HOUR
+      out.append(InstanceAccount(
+          name, home, r, b, float(idle[i]), {k: b[k] * w for k, w in zip(KINDS, r.busy_w)},
+          float(idle[i]) * r.idle_w, run_s * price_s, float(idle[i]) * price_s,
+          int(sent[i]), int(received[i]), float(exposed[i])))
+    return out
+
+
+def _idle_seconds(inst: np.ndarray, starts: np.ndarray, ends: np.ndarray, run_s: float,
+                  n: int) -> np.ndarray:
+  """Per instance, the summed gaps of ``[0, run_s)`` not covered by its
+  iterations (a gap is counted only where it is positive, so overlapping
+  iterations break busy + idle == run_s instead of hiding)."""
+  order = np.lexsort((ends, starts, inst))
+  inst, starts, ends = inst[order], starts[order], ends[order]
+  first = np.ones(len(inst), bool)
+  first[1:] = inst[1:] != inst[:-1]
+  prev_end = np.empty_like(ends)
+  prev_end[0:1] = 0.0
+  prev_end[1:] = ends[:-1]
+  prev_end[first] = 0.0
+  gaps = np.bincount(inst, weights=np.maximum(starts - prev_end, 0.0), minlength=n)
+  last_end = np.zeros(n)
+  last = np.ones(len(inst), bool)
+  last[:-1] = inst[:-1] != inst[1:]
+  last_end[inst[last]] = ends[last]
+  return gaps + (run_s - last_end)
+
+
+def _transfers(names: Sequence[str],
+               records: Sequence[RequestRecord]) -> tuple[list[int], list[int], list[float]]:
+  """KV bytes sent / received per instance and the exposed seconds of its sends."""
+  index = {n: i for i, n in enumerate(names)}
+  sent, received, exposed = [0] * len(names), [0] * len(names), [0.0] * len(names)
+  for r in records:
+    if r.transfer_bytes:
+      src, dst = index.get(r.prompt_instance), index.get(r.token_instance)
+      if src is not None:
+        sent[src] += r.transfer_bytes
+        exposed[src] += r.transfer_s
+      if dst is not None:
+        received[dst] += r.transfer_bytes
+  return sent, received, exposed
+
+
+def _window_sums(starts: np.ndarray, ends: np.ndarray, weights: np.ndarray, w: float,
+                 n: int) -> np.ndarray:
+  """Sum of weight x overlap seconds of each interval with windows [k w, (k+1) w),
+  k < n (an interval inside one window, or its head, whole middle windows via a
+  difference array, and its tail)."""
+  k0, k1 = (starts // w).astype(np.int64), (ends // w).astype(np.int64)
+  size = max(n, int(k1.max(initial=0)) + 1) + 1
+  one = k0 == k1
+  out = np.bincount(k0[one], weights=weights[one] * (ends[one] - starts[one]), minlength=size)
+  a, b, s, e, x = k0[~one], k1[~one], starts[~one], ends[~one], weights[~one]
+  out += np.bincount(a, weights=x * ((a + 1) * w - s), minlength=size)
+  out += np.bincount(b, weights=x * (e - b * w), minlength=size)
+  whole = np.bincount(a + 1, weights=x, minlength=size) - np.bincount(b, weights=x,
+                                                                      minlength=size)
+  out += np.cumsum(whole) * w
+  return out[:n]
+
+
+def _power_draw(rates: Sequence[InstanceRates], codes, starts, ends, run_s: float,
+                window_s: float, budget_w: float | None, max_points: int) -> PowerDraw:
+  """Cluster draw: idle power of all instances + (phase - idle) power while busy."""
+  idle = np.array([r.idle_w for r in rates], np.float64)
+  extra = (np.array([r.busy_w for r in rates], np.float64) - idle[:, None]).reshape(-1)[codes]
+  base = float(math.fsum(idle))
+  fine = math.ceil(run_s / window_s) if run_s > 0 else 0
+  sums = _window_sums(starts, ends, extra, window_s, fine)
+  spans = np.minimum(run_s, np.arange(1, fine + 1) * window_s) - np.arange(fine) * window_s
+  merge = max(1, math.ceil(fine / max_points))
+  pad = -fine % merge
+  coarse = np.add.reduceat(np.append(sums, np.zeros(pad)), np.arange(0, fine + pad, merge)
+                           ) if fine else np.zeros(0)
+  coarse_spans = np.add.reduceat(np.append(spans, np.zeros(pad)),
+                                 np.arange(0, fine + pad, merge)) if fine else np.zeros(0)
+  peak_w, peak_at, over = _peak(base, extra, starts, ends, run_s, budget_w)
+  busy_j = float(math.fsum(extra * (ends - starts)))
+  return PowerDraw(
+      window_s * merge, [base + float(s) / t for s, t in zip(coarse, coarse_spans)],
+      window_s, base + float((sums / spans).max(initial=0.0)), peak_w, peak_at,
+      base + busy_j / run_s if run_s > 0 else base, float(math.fsum(r.max_w for r in rates)),
+      budget_w, over)
+
+
+def _peak(base: float, extra: np.ndarray, starts: np.ndarray, ends: np.ndarray, run_s: float,
+          budget_w: float | None) -> tuple[float, float, float]:
+  """Instantaneous peak draw (W), when it starts (s), seconds above the budget.
+  At equal times ends come before starts (back-to-back iterations never count
+  twice)."""
+  times = np.concatenate([ends, starts])
+  steps = np.concatenate([-extra, extra])
+  order = np.lexsort((np.repeat([0, 1], len(starts)), times))
+  times, level = times[order], base + np.cumsum(steps[order])
+  if not len(times):
+    return base, 0.0, (run_s if budget_w is not None and base > budget_w else 0.0)
+  k = int(np.argmax(level))
+  peak, at = (float(level[k]), float(times[k])) if level[k] > base else (base, 0.0)
+  over = 0.0
+  if budget_w is not None:
+    spans = np.diff(np.append(times, run_s))                # level[i] holds until times[i+1]
+    over = float(math.fsum(spans[level > budget_w]))
+    over += times[0] if base > budget_w else 0.0
+  return peak, at, over
+
+
+def _per(total_j: float, total_usd: float, n: int, scale: float) -> dict:
+  """Energy (kWh) and cost ($) per ``scale`` units when ``n`` were served."""
+  if not n:
+    return {"energy_kwh": None, "cost_usd": None}
+  return {"energy_kwh": total_j / JOULES_PER_KWH / n * scale, "cost_usd": total_usd / n * scale}
+
+
+def _pct(v: np.ndarray) -> dict:
+  p = Percentiles.of_array(v)
+  return {"p50": p.p50, "p90": p.p90, "p99": p.p99, "mean": p.mean}
+
+
+def _requests_dict(a: RunAccount) -> dict:
+  r = a.requests
+  e = r.energy_j.sum(axis=1)
+  shares = r.energy_j / np.where(e > 0, e, 1.0)[:, None]
+  return {
+      "accounted": len(r),
+      "energy_wh": _pct(e / JOULES_PER_WH),
+      "cost_usd": _pct(r.total_cost_usd()),
+      "energy_share_mean": {k.value: float(shares[:, j].mean()) if len(r) else None
+                            for j, k in enumerate(KINDS)},
+      "attributed_energy_kwh": float(math.fsum(e)) / JOULES_PER_KWH,
+      "attributed_cost_usd": float(math.fsum(r.cost_usd.reshape(-1))),
+      "unattributed_energy_kwh": a.unattributed_energy_j / JOULES_PER_KWH,
+  }
+
+
+def _pools_dict(instances: Sequence[InstanceAccount]) -> dict:
+  """Instances summed per home pool (by role value)."""
+  out = {}
+  for role in sorted({i.home for i in instances}, key=lambda r: r.value):
+    mine = [i for i in instances if i.home == role]
+    add = lambda f: math.fsum(f(i) for i in mine)
+    energy = {k.value: add(lambda i: i.energy_j[k]) / JOULES_PER_KWH for k in KINDS}
+    energy["idle"] = add(lambda i: i.idle_energy_j) / JOULES_PER_KWH
+    out[role.value] = {
+        "machines": len(mine),
+        "busy_s": {k.value: add(lambda i: i.busy_s[k]) for k in KINDS},
+        "idle_s": add(lambda i: i.idle_s),
+        "energy_kwh": energy,
+        "cost_usd": add(lambda i: i.cost_usd),
+        "kv_sent_bytes": sum(i.kv_sent_bytes for i in mine),
+        "kv_received_bytes": sum(i.kv_received_bytes for i in mine),
+        "kv_send_exposed_s": add(lambda i: i.kv_send_exposed_s),
+    }
+  return out
+
+
+def _run_dict(a: RunAccount) -> dict:
+  energy, cost = a.energy_j, a.cost_usd
+  p = a.power
+  return {
+      "run_s": a.run_s,
+      "energy_kwh": energy / JOULES_PER_KWH,
+      "energy_kwh_by_phase": {k: j / JOULES_PER_KWH for k, j in a.energy_by_phase_j().items()},
+      "cost_usd": cost,
+      "idle_cost_usd": a.idle_cost_usd,
+      "per_1k_requests": _per(energy, cost, a.completed, 1e3),
+      "per_1m_output_tokens": _per(energy, cost, a.output_tokens, 1e6),
+      "requests": _requests_dict(a),
+      "power": {"window_s": p.window_s, "over_time_w": p.over_time_w,
+                "fine_window_s": p.fine_window_s, "peak_window_w": p.peak_window_w,
+                "peak_w": p.peak_w, "peak_at_s": p.peak_at_s, "average_w": p.average_w,
+                "rated_w": p.rated_w, "budget_w": p.budget_w,
+                "peak_over_budget": p.peak_over_budget, "over_budget_s": p.over_budget_s},
+      "pools": _pools_dict(a.instances),
+  }
+
+
+def summary_dict(ledger: EnergyLedger, run_s: float, records: Sequence[RequestRecord], *,
+                 window_s: float = 1.0, power_budget_w: float | None = None) -> dict:
+  """The ``energy`` section of summary.json: totals (kWh, $), per 1k completed
+  requests and per 1M output tokens, per-request percentiles, power over time
+  and its peak (vs ``power_budget_w``, watts), and per home pool the busy /
+  idle seconds, energy by phase, cost and KV bytes moved."""
+  return ledger.account(run_s, records, window_s=window_s,
+                        power_budget_w=power_budget_w).to_dict()
+
+
+def rates_from_perf(perf: PerfModel, usd_per_hour: float) -> InstanceRates:
+  """An instance's rates from a perf model's ``power_w`` per phase and a price."""
+  return InstanceRates(perf.power_w(Phase.PREFILL), perf.power_w(Phase.DECODE),
+                       perf.power_w(Phase.MIXED), perf.power_w(Phase.IDLE), usd_per_hour)
+
+
+def machine_share(perf: PerfModel) -> tuple[Hardware, float]:
+  """The machine a simulator perf model is priced on, and the share of its
+  devices one instance uses (tp / devices per machine)."""
+  if isinstance(perf, ProfilePerfModel):
+    hw = perf.machine
+  elif isinstance(perf, RooflineModel):
+    hw = perf.hw
+  else:
+    raise TypeError(f"cannot tell the machine of a {type(perf).__name__}: pass the "
+                    "instances' prices (dollars per hour) explicitly")
+  return hw, perf.tp / hw.devices_per_machine
+
+
+def simulator_ledger(sim, prices_usd_per_hour: Mapping[str, float] | None = None
+                     ) -> EnergyLedger:
+  """A ledger for ``sim``'s instances (``sim.coord.instances``, ``sim.perf``):
+  power from each perf model; price from ``prices_usd_per_hour`` (instance name
+  -> $/h) or else the catalog price of the perf model's machine x the instance's
+  share of it. Add it to ``sim.work_observers`` before ``sim.run``."""
+  rates = []
+  for inst in sim.coord.instances:
+    perf = sim.perf[inst.name]
+    if prices_usd_per_hour is not None:
+      price = prices_usd_per_hour[inst.name]
+    else:
+      hw, share = machine_share(perf)
+      price = hw.cost_per_hour_usd * share
+    rates.append(rates_from_perf(perf, price))
+  return EnergyLedger(sim.coord.instances, rates)
