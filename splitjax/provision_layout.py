@@ -1,0 +1,358 @@
+"""What the provisioning search (``splitjax.provision``) chooses from, and what a
+probe of it returns (no jax): a :class:`Layout` and its :class:`Price`, a
+:class:`Budget`, the :class:`SearchSpace` of kinds and counts and the candidate
+sets it spans, a :class:`ProbeOutcome` and the on-disk cache of outcomes.
+
+A probe is any callable ``probe(layout, rate) -> ProbeOutcome`` with a
+``key(layout, rate)`` describing, as JSON, everything the outcome depends on
+(:class:`Probe`): ``provision.SimProbe`` runs the simulator; tests inject fakes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import itertools
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol
+
+from splitjax.serve_config import ClusterPolicy
+from splitjax.sim.hardware import Hardware, HardwareError, get_hardware
+from splitjax.sim.sim_config import PoolConfig, SimConfig
+
+# Bump when what a cached outcome means changes (not needed for config or input
+# file changes: those change the key).
+CACHE_VERSION = 1
+_EPS = 1e-9      # relative slack when a budget is compared to a sum of prices
+
+
+class ProvisionError(ValueError):
+  """A provisioning input cannot be searched (budget, space, layout, config)."""
+
+
+class Design(enum.Enum):
+  SPLIT = "split"            # prompt pool + token pool
+  COLOCATED = "colocated"    # one pool running both phases
+
+
+@dataclasses.dataclass(frozen=True)
+class Price:
+  """What machines cost to run: ``power_w`` (W, GPU power under any cap) and
+  ``cost_per_hour_usd`` ($/h)."""
+  power_w: float = 0.0
+  cost_per_hour_usd: float = 0.0
+
+  def __add__(self, other: Price) -> Price:
+    return Price(self.power_w + other.power_w, self.cost_per_hour_usd + other.cost_per_hour_usd)
+
+  def times(self, n: int) -> Price:
+    return Price(n * self.power_w, n * self.cost_per_hour_usd)
+
+
+def machine_price(hw: Hardware) -> Price:
+  """One machine on the paper's iso-power basis: devices x device W x cap fraction
+  (DGX-A100 3200 W, DGX-H100 5600 W, 70%-capped DGX-H100 3920 W), catalog $/h."""
+  return Price(hw.devices_per_machine * hw.device_power_w * hw.power_cap_fraction,
+               hw.cost_per_hour_usd)
+
+
+def prices(kinds: Iterable[str]) -> dict[str, Price]:
+  """Price of each catalog machine kind; ProvisionError naming an unknown one."""
+  out = {}
+  for kind in kinds:
+    try:
+      out[kind] = machine_price(get_hardware(kind))
+    except HardwareError as e:
+      raise ProvisionError(str(e)) from None
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  machines: int
+  kind: str    # catalog machine kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A cluster: ``prompt`` + ``token`` pools (SPLIT) or a ``colocated`` pool."""
+  prompt: Pool | None = None
+  token: Pool | None = None
+  colocated: Pool | None = None
+
+  def __post_init__(self):
+    split = self.prompt is not None and self.token is not None
+    if split == (self.colocated is not None) or (not split and (self.prompt or self.token)):
+      raise ProvisionError("a layout has prompt and token pools, or a colocated pool")
+    if any(p.machines < 1 for p in self.pools):
+      raise ProvisionError(f"every pool needs >= 1 machine, got {self.label}")
+
+  @property
+  def design(self) -> Design:
+    return Design.COLOCATED if self.colocated else Design.SPLIT
+
+  @property
+  def pools(self) -> tuple[Pool, ...]:
+    return (self.colocated,) if self.colocated else (self.prompt, self.token)
+
+  @property
+  def machines(self) -> int:
+    return sum(p.machines for p in self.pools)
+
+  @property
+  def label(self) -> str:
+    return " + ".join(f"{p.machines} {p.kind}" for p in self.pools)
+
+  def price(self, price: Mapping[str, Price]) -> Price:
+    """Sum of the machines' prices (W, $/h)."""
+    return sum((price[p.kind].times(p.machines) for p in self.pools), Price())
+
+  def dominated_by(self, other: Layout) -> bool:
+    """Same kinds pool by pool, and no more machines in any pool than ``other``."""
+    return (self.design == other.design and
+            all(a.kind == b.kind and a.machines <= b.machines
+                for a, b in zip(self.pools, other.pools)))
+
+  def to_dict(self) -> dict:
+    return {name: dataclasses.asdict(p) for name, p in
+            (("prompt", self.prompt), ("token", self.token), ("colocated", self.colocated)) if p}
+
+
+class BudgetKind(enum.Enum):
+  ISO_COST = "iso_cost"              # maximize rate at cost <= Budget.cost_per_hour_usd
+  ISO_POWER = "iso_power"            # maximize rate at power <= Budget.power_w
+  ISO_THROUGHPUT = "iso_throughput"  # minimize cost or power at rate >= Budget.rate
+
+
+class Objective(enum.Enum):
+  COST = "cost"      # $/h
+  POWER = "power"    # W
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """ISO_POWER: ``power_w`` (W, :func:`machine_price` basis); ISO_COST:
+  ``cost_per_hour_usd`` ($/h); ISO_THROUGHPUT: ``rate`` (req/s) at the least
+  ``minimize`` (cost or power)."""
+  kind: BudgetKind = BudgetKind.ISO_POWER
+  power_w: float = 0.0
+  cost_per_hour_usd: float = 0.0
+  rate: float = 0.0
+  minimize: Objective = Objective.COST
+
+  def __post_init__(self):
+    need = {BudgetKind.ISO_POWER: "power_w", BudgetKind.ISO_COST: "cost_per_hour_usd",
+            BudgetKind.ISO_THROUGHPUT: "rate"}[self.kind]
+    if not 0 < getattr(self, need) < math.inf:
+      raise ProvisionError(f"a {self.kind.value} budget needs budget.{need} > 0, "
+                           f"got {getattr(self, need)}")
+
+  @property
+  def limit(self) -> float:
+    """W (ISO_POWER) or $/h (ISO_COST); inf for ISO_THROUGHPUT."""
+    return {BudgetKind.ISO_POWER: self.power_w, BudgetKind.ISO_COST: self.cost_per_hour_usd,
+            BudgetKind.ISO_THROUGHPUT: math.inf}[self.kind]
+
+  @property
+  def in_watts(self) -> bool:
+    """The budgeted (or minimized) quantity is power (W), not cost ($/h)."""
+    return (self.kind == BudgetKind.ISO_POWER or
+            self.kind == BudgetKind.ISO_THROUGHPUT and self.minimize == Objective.POWER)
+
+  @property
+  def unit(self) -> str:
+    return "W" if self.in_watts else "$/h"
+
+  def measure(self, price: Price) -> float:
+    """The budgeted (or minimized) quantity of ``price``: W or $/h."""
+    return price.power_w if self.in_watts else price.cost_per_hour_usd
+
+  def describe(self) -> str:
+    return {BudgetKind.ISO_POWER: f"iso-power {self.power_w / 1e3:g} kW",
+            BudgetKind.ISO_COST: f"iso-cost {self.cost_per_hour_usd:g} $/h",
+            BudgetKind.ISO_THROUGHPUT:
+                f"iso-throughput {self.rate:g} req/s, least {self.minimize.value}"}[self.kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+  """Machine kinds per pool and the grid of counts (machines)."""
+  prompt_kinds: tuple[str, ...] = ("dgx-h100",)
+  token_kinds: tuple[str, ...] = ("dgx-h100",)
+  colocated_kinds: tuple[str, ...] = ("dgx-h100",)
+  step: int = 5             # grid counts are step, 2 step, ...
+  max_machines: int = 60    # per pool, ISO_THROUGHPUT (budgets bound the others)
+  refine_step: int = 0      # > 0: a second pass at this step around the grid's best
+
+  def __post_init__(self):
+    if self.step < 1 or self.max_machines < 1 or self.refine_step < 0:
+      raise ProvisionError("space.step and space.max_machines must be >= 1, "
+                           "space.refine_step >= 0")
+
+  def kinds(self, design: Design) -> tuple[str, ...]:
+    kinds = ((self.colocated_kinds,) if design == Design.COLOCATED
+             else (self.prompt_kinds, self.token_kinds))
+    if not all(kinds):
+      raise ProvisionError(f"space: no machine kinds for the {design.value} design")
+    return tuple(dict.fromkeys(itertools.chain(*kinds)))
+
+
+def _count(room: float, unit: float) -> int:
+  """Machines of price ``unit`` that fit in ``room`` (same units), >= 0."""
+  return max(0, math.floor(room / unit + _EPS))
+
+
+def fill_up(budget: Budget, price: Mapping[str, Price], prompt: Pool,
+            token_kind: str) -> Layout | None:
+  """``prompt``, then as many ``token_kind`` machines as fit, then the leftover
+  spent on more prompt machines: a layout no machine can be added to (None if
+  no token machine fits)."""
+  wp, wt = budget.measure(price[prompt.kind]), budget.measure(price[token_kind])
+  tokens = _count(budget.limit - prompt.machines * wp, wt)
+  if tokens < 1:
+    return None
+  more = _count(budget.limit - prompt.machines * wp - tokens * wt, wp)
+  return Layout(Pool(prompt.machines + more, prompt.kind), Pool(tokens, token_kind))
+
+
+def budget_layouts(design: Design, space: SearchSpace, budget: Budget,
+                   price: Mapping[str, Price]) -> list[Layout]:
+  """Layouts using an ISO_POWER / ISO_COST budget maximally: per kind (pair),
+  the co-located count that fits, or prompt counts on the grid filled up by
+  :func:`fill_up`. ProvisionError if none fits."""
+  units = {k: budget.measure(price[k]) for k in space.kinds(design)}
+  free = [k for k, u in units.items() if u <= 0]
+  if free:
+    raise ProvisionError(f"machine kind(s) {', '.join(free)} have no "
+                         f"{'power' if budget.in_watts else 'cost'}: "
+                         f"a {budget.kind.value} budget cannot bound them")
+  out: list[Layout] = []
+  if design == Design.COLOCATED:
+    out = [Layout(colocated=Pool(_count(budget.limit, units[k]), k))
+           for k in space.colocated_kinds if _count(budget.limit, units[k]) >= 1]
+    smallest = min(units.values())
+  else:
+    for pk, tk in itertools.product(space.prompt_kinds, space.token_kinds):
+      top = _count(budget.limit - units[tk], units[pk])
+      out += [lay for p in range(space.step, top + 1, space.step)
+              if (lay := fill_up(budget, price, Pool(p, pk), tk))]
+    smallest = min(space.step * units[pk] + units[tk]
+                   for pk, tk in itertools.product(space.prompt_kinds, space.token_kinds))
+  if not out:
+    raise ProvisionError(f"the budget ({budget.describe()}) is too small for any "
+                         f"{design.value} layout on a grid of step {space.step}: the smallest "
+                         f"needs {smallest:g} {budget.unit}")
+  return list(dict.fromkeys(out))
+
+
+class CacheMiss(LookupError):
+  """An offline :class:`CachedProbe` has no outcome for this probe."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeOutcome:
+  """One simulation at ``rate`` (req/s): ``met`` = all nine SLOs held;
+  ``requests`` simulated, ``failed`` of them failed or rejected; ``failing``
+  names the SLO checks that did not hold (e.g. ``tbt_p90``)."""
+  rate: float
+  met: bool
+  requests: int
+  failed: int = 0
+  failing: tuple[str, ...] = ()
+
+  @property
+  def feasible(self) -> bool:
+    """All SLOs met and every request completed."""
+    return self.met and self.failed == 0
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self) | {"failing": list(self.failing)}
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> ProbeOutcome:
+    return cls(float(d["rate"]), bool(d["met"]), int(d["requests"]), int(d["failed"]),
+               tuple(d["failing"]))
+
+
+class Probe(Protocol):
+  def __call__(self, layout: Layout, rate: float) -> ProbeOutcome: ...
+
+  def key(self, layout: Layout, rate: float) -> Mapping[str, Any]:
+    """Everything the outcome depends on, as JSON-able data."""
+
+
+def cache_key(probe: Probe, layout: Layout, rate: float) -> str:
+  """Stable hash (sha256 hex) of the probe's inputs."""
+  text = json.dumps({"version": CACHE_VERSION, "probe": probe.key(layout, rate)},
+                    sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedProbe:
+  """``probe`` with outcomes kept as ``directory/<cache_key>.json``; ``offline``
+  raises CacheMiss instead of running ``probe``. Files are written atomically,
+  so concurrent workers may share the directory."""
+  probe: Probe
+  directory: Path
+  offline: bool = False
+
+  def key(self, layout: Layout, rate: float) -> Mapping[str, Any]:
+    return self.probe.key(layout, rate)
+
+  def __call__(self, layout: Layout, rate: float) -> ProbeOutcome:
+    path = Path(self.directory) / f"{cache_key(self.probe, layout, rate)}.json"
+    try:
+      return ProbeOutcome.from_dict(json.loads(path.read_text())["outcome"])
+    except (OSError, ValueError, KeyError, TypeError):
+      pass                                    # absent or unreadable: probe again
+    if self.offline:
+      raise CacheMiss(path.name)
+    out = self.probe(layout, rate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"layout": layout.to_dict(), "rate": rate, "outcome": out.to_dict(),
+             "inputs": self.probe.key(layout, rate)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+      json.dump(entry, f, sort_keys=True)
+    os.replace(tmp, path)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+  """One probe: Poisson arrivals at the probed rate, (prompt, output) sizes
+  resampled from the base config's trace window (seeded by ``seed``): all
+  arrivals within ``requests / rate`` seconds (about ``requests`` of them), or
+  within ``duration_s`` if ``requests`` is 0."""
+  requests: int = 5000
+  duration_s: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.requests < 0 or self.duration_s < 0 or (self.requests > 0) == (self.duration_s > 0):
+      raise ProvisionError("probe: give probe.requests > 0 or probe.duration_s > 0 (not both)")
+
+  def horizon_s(self, rate: float) -> float:
+    """Seconds of arrivals at ``rate`` req/s."""
+    return self.requests / rate if self.requests else self.duration_s
+
+
+def probe_config(base: SimConfig, layout: Layout, rate: float,
+                 settings: ProbeSettings) -> SimConfig:
+  """``base`` with ``layout``'s pools (the others emptied) and the probe's workload."""
+  split = base.scheduler.policy == ClusterPolicy.SPLIT
+  if split != (layout.colocated is None):
+    raise ProvisionError(f"layout {layout.label} ({layout.design.value}) does not fit "
+                         f"scheduler.policy={base.scheduler.policy.value}")
+  pool = lambda p: PoolConfig(p.machines, p.kind) if p else PoolConfig(0)
+  cluster = dataclasses.replace(base.cluster, prompt=pool(layout.prompt),
+                                token=pool(layout.token), colocated=pool(layout.colocated))
+  workload = dataclasses.replace(base.workload, rate=rate,
+                                 rate_duration_s=settings.horizon_s(rate), seed=settings.seed)
+  return dataclasses.replace(base, cluster=cluster, workload=workload)
