@@ -1,7 +1,7 @@
 """Energy (joules) and cost (US dollars) of a run: per instance, per request, per run.
 
 Pure Python + numpy, no jax. Drivers report every finished iteration to an
-:class:`EnergyLedger` (a work observer: ``ledger(instance_index, work, start_s,
+:class:`EnergyLedger` (a work observer: ``ledger.observe(instance_index, work, start_s,
 end_s)``); the power and price of each instance are given as
 :class:`InstanceRates`. :meth:`EnergyLedger.account` turns the iterations, the
 run's length and the request records into a :class:`RunAccount`.
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import array
 import dataclasses
-import itertools
 import math
 from typing import Mapping, Sequence
 
@@ -64,6 +63,7 @@ from splitjax.sim.roofline import RooflineModel
 
 KINDS = tuple(WorkKind)                      # column order of every per-phase array
 assert KINDS == (WorkKind.PREFILL, WorkKind.DECODE, WorkKind.MIXED)
+_KIND_COLUMN = {k: j for j, k in enumerate(KINDS)}
 SECONDS_PER_HOUR = 3600.0
 JOULES_PER_WH = 3600.0
 JOULES_PER_KWH = 3.6e6
@@ -243,8 +243,9 @@ class RunAccount:
 
 class EnergyLedger:
   """Iterations of ``instances`` (their order gives the observer's index), with
-  each instance's power and price in ``rates`` (same order). A work observer:
-  O(1) array appends per iteration plus one id and one token count per row."""
+  each instance's power and price in ``rates`` (same order). ``observe`` (also
+  the ledger itself) is a work observer: O(1) array appends per iteration plus
+  one id and one token count per row."""
 
   def __init__(self, instances: Sequence[Instance], rates: Sequence[InstanceRates]):
     if len(instances) != len(rates):
@@ -256,32 +257,37 @@ class EnergyLedger:
     self._row_ends = array.array("q")          # rows of iterations 0..k end here
     self._ids, self._tokens = array.array("q"), array.array("q")
 
-  def __call__(self, index: int, work: Work, start_s: float, end_s: float) -> None:
-    """Instance ``index`` ran ``work`` from ``start_s`` to ``end_s``."""
-    kind = work.kind
-    self._codes.append(index * 3 + (0 if kind is WorkKind.PREFILL
-                                    else 1 if kind is WorkKind.DECODE else 2))
+  def observe(self, index: int, work: Work, start_s: float, end_s: float) -> None:
+    """Instance ``index`` ran ``work`` from ``start_s`` to ``end_s`` (a work
+    observer; plain appends, nothing allocated per row)."""
+    self._codes.append(index * 3 + _KIND_COLUMN[work.kind])
     self._starts.append(start_s)
     self._ends.append(end_s)
     ids, tokens = self._ids, self._tokens
-    if work.prefill:
-      ids.extend([r.request_id for r in work.prefill])
-      tokens.extend([r.prompt_tokens for r in work.prefill])
-    if work.chunks:
-      ids.extend([c.request.request_id for c in work.chunks])
-      tokens.extend([c.end - c.start for c in work.chunks])
+    for r in work.prefill:
+      ids.append(r.request_id)
+      tokens.append(r.prompt_tokens)
+    for c in work.chunks:
+      ids.append(c.request.request_id)
+      tokens.append(c.end - c.start)
     if work.decode:
-      ids.extend([r.request_id for r in work.decode])
-      tokens.extend(itertools.repeat(work.steps, len(work.decode)))
+      steps = work.steps
+      for r in work.decode:
+        ids.append(r.request_id)
+        tokens.append(steps)
     self._row_ends.append(len(ids))
+
+  __call__ = observe
 
   @property
   def iterations(self) -> int:
     return len(self._codes)
 
   def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    codes = np.frombuffer(self._codes, np.int64) if self._codes else np.zeros(0, np.int64)
-    return codes, np.asarray(self._starts, np.float64), np.asarray(self._ends, np.float64)
+    """Codes (instance x 3 + phase column), starts, ends: copies, so that no
+    numpy view pins the buffers and the ledger can keep growing."""
+    return (np.array(self._codes, np.int64), np.array(self._starts, np.float64),
+            np.array(self._ends, np.float64))
 
   def account(self, run_s: float, records: Sequence[RequestRecord] = (), *,
               window_s: float = 1.0, power_budget_w: float | None = None,
@@ -309,9 +315,9 @@ class EnergyLedger:
 
   def _requests(self, codes, energy, cost) -> tuple[RequestAccounts, tuple[float, float]]:
     """Each iteration's energy and cost split over its rows by tokens."""
-    ids = np.frombuffer(self._ids, np.int64) if self._ids else np.zeros(0, np.int64)
-    tokens = np.asarray(self._tokens, np.float64)
-    row_ends = np.asarray(self._row_ends, np.int64)
+    ids = np.array(self._ids, np.int64)
+    tokens = np.array(self._tokens, np.float64)
+    row_ends = np.array(self._row_ends, np.int64)
     rows = np.diff(row_ends, prepend=0)
     it = np.repeat(np.arange(len(codes)), rows)               # iteration of each row
     per_iter = np.bincount(it, weights=tokens, minlength=len(codes))
@@ -387,7 +393,8 @@ def _window_sums(starts: np.ndarray, ends: np.ndarray, weights: np.ndarray, w: f
   k0, k1 = (starts // w).astype(np.int64), (ends // w).astype(np.int64)
   size = max(n, int(k1.max(initial=0)) + 1) + 1
   one = k0 == k1
-  out = np.bincount(k0[one], weights=weights[one] * (ends[one] - starts[one]), minlength=size)
+  out = np.zeros(size)
+  out += np.bincount(k0[one], weights=weights[one] * (ends[one] - starts[one]), minlength=size)
   a, b, s, e, x = k0[~one], k1[~one], starts[~one], ends[~one], weights[~one]
   out += np.bincount(a, weights=x * ((a + 1) * w - s), minlength=size)
   out += np.bincount(b, weights=x * (e - b * w), minlength=size)
@@ -424,21 +431,23 @@ def _power_draw(rates: Sequence[InstanceRates], codes, starts, ends, run_s: floa
 def _peak(base: float, extra: np.ndarray, starts: np.ndarray, ends: np.ndarray, run_s: float,
           budget_w: float | None) -> tuple[float, float, float]:
   """Instantaneous peak draw (W), when it starts (s), seconds above the budget.
-  At equal times ends come before starts (back-to-back iterations never count
-  twice)."""
-  times = np.concatenate([ends, starts])
-  steps = np.concatenate([-extra, extra])
-  order = np.lexsort((np.repeat([0, 1], len(starts)), times))
-  times, level = times[order], base + np.cumsum(steps[order])
+  The level is read after all events at one time (back-to-back iterations
+  never count twice)."""
+  times = np.concatenate([starts, ends])
   if not len(times):
     return base, 0.0, (run_s if budget_w is not None and base > budget_w else 0.0)
+  order = np.argsort(times, kind="stable")
+  times = times[order]
+  level = base + np.cumsum(np.concatenate([extra, -extra])[order])
+  settled = np.append(times[1:] != times[:-1], True)     # last event at each time
+  times, level = times[settled], level[settled]
   k = int(np.argmax(level))
   peak, at = (float(level[k]), float(times[k])) if level[k] > base else (base, 0.0)
   over = 0.0
   if budget_w is not None:
     spans = np.diff(np.append(times, run_s))                # level[i] holds until times[i+1]
     over = float(math.fsum(spans[level > budget_w]))
-    over += times[0] if base > budget_w else 0.0
+    over += float(times[0]) if base > budget_w else 0.0
   return peak, at, over
 
 
@@ -546,7 +555,7 @@ def simulator_ledger(sim, prices_usd_per_hour: Mapping[str, float] | None = None
   """A ledger for ``sim``'s instances (``sim.coord.instances``, ``sim.perf``):
   power from each perf model; price from ``prices_usd_per_hour`` (instance name
   -> $/h) or else the catalog price of the perf model's machine x the instance's
-  share of it. Add it to ``sim.work_observers`` before ``sim.run``."""
+  share of it. Add ``ledger.observe`` to ``sim.work_observers`` before ``sim.run``."""
   rates = []
   for inst in sim.coord.instances:
     perf = sim.perf[inst.name]
