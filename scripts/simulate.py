@@ -5,7 +5,8 @@
 Writes DIR/summary.json (the schema of scripts/serve.py plus ``slowdown`` and
 ``slo``: latencies against the same requests alone on the SLO reference machine,
 and the paper's nine SLOs; ``instances``: busy fraction per home pool, by
-phase and over time), DIR/requests.csv, DIR/timeline.csv and DIR/timing.json
+phase and over time; ``energy``: energy, cost and power by instance, phase and
+request, see splitjax/accounting.py), DIR/requests.csv, DIR/timeline.csv and DIR/timing.json
 (this process's wall-clock times; summary.json is byte-identical on a re-run),
 and prints the same table and the SLO verdict. No jax is imported.
 """
@@ -31,7 +32,7 @@ _REQUESTS = flags.DEFINE_bool("write_requests", True, "Write requests.csv (one r
 def main(argv):
   del argv
   t0 = time.perf_counter()
-  from splitjax import report, workload
+  from splitjax import accounting, report, workload
   from splitjax.config import ConfigError, from_config_dict
   from splitjax.metrics import write_requests_csv, write_timeline_csv
   from splitjax.sim import slo
@@ -47,16 +48,20 @@ def main(argv):
   except (ConfigError, workload.TraceError, HardwareError, PerfModelError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  ledger = accounting.simulator_ledger(sim)
+  sim.work_observers.append(ledger.observe)
   t1 = time.perf_counter()
   result = sim.run(specs)
   t2 = time.perf_counter()
   slos = slo.check(slo.slowdowns(result.records, reference), cfg.slo)
+  energy = ledger.account(result.summary.wall_s, result.records)
   t3 = time.perf_counter()
   out = Path(_OUTPUT.value)
   out.mkdir(parents=True, exist_ok=True)
   summary = result.to_dict()
   summary["slowdown"], summary["slo"] = slos.slowdown_dict(), slos.slo_dict()
   summary["simulation"] = {"events": sim.events, "leap": cfg.leap}
+  summary["energy"] = energy.to_dict()
   # summary.json is a function of the config (byte-identical on a re-run);
   # wall-clock timings of this process go to timing.json.
   (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -70,6 +75,7 @@ def main(argv):
         f"{len(specs)} requests over {max((s.arrival_s for s in specs), default=0):.0f} s")
   print(report.summary_table(summary))
   print(f"{slos.line()} (vs alone on {cfg.slo.reference_hardware})")
+  print(energy.line())
   print(f"simulated {sim.events} events in {t2 - t1:.2f} s (setup {t1 - t0:.2f} s); "
         f"wrote {out}")
   return 0
