@@ -219,11 +219,12 @@ class LayoutResult:
   @property
   def rate_per_cost(self) -> float:
     """req/s per $/h (NaN for an unpriced layout)."""
-    return self.max_rate / self.price.cost_per_hour_usd if self.price.cost_per_hour_usd else math.nan
+    cost = self.price.cost_per_hour_usd
+    return self.max_rate / cost if cost else math.nan
 
   @property
   def rate_per_kw(self) -> float:
-    """req/s per kW."""
+    """req/s per kW (NaN for a layout without power)."""
     return self.max_rate / (self.price.power_w / 1e3) if self.price.power_w else math.nan
 
   def to_dict(self) -> dict:
@@ -251,14 +252,9 @@ class SearchResult:
     return sum(len(r.rates.probes) for r in self.rows)
 
   def to_dict(self) -> dict:
-    return {"design": self.design.value, "budget": _plain(self.budget),
+    return {"design": self.design.value, "budget": to_plain_dict(self.budget),
             "best": self.best.to_dict() if self.best else None,
             "probes": self.probes, "rows": [r.to_dict() for r in self.rows]}
-
-
-def _plain(record) -> dict:
-  return {k: v.value if isinstance(v, enum.Enum) else v
-          for k, v in dataclasses.asdict(record).items()}
 
 
 # ---------------------------------------------------------------- evaluation
@@ -281,7 +277,7 @@ class _InlineExecutor:
     future = cf.Future()
     try:
       future.set_result(fn(*args))
-    except BaseException as e:     # delivered by future.result(), as a pool would
+    except Exception as e:     # delivered by future.result(), as a pool would
       future.set_exception(e)
     return future
 

@@ -28,7 +28,7 @@ from splitjax.sim.sim_config import PoolConfig, SimConfig
 # Bump when what a cached outcome means changes (not needed for config or input
 # file changes: those change the key).
 CACHE_VERSION = 1
-_EPS = 1e-9      # relative slack when a budget is compared to a sum of prices
+_EPS = 1e-9      # slack (machines) when counting what fits a budget (float rounding)
 
 
 class ProvisionError(ValueError):
@@ -187,7 +187,9 @@ class SearchSpace:
   colocated_kinds: tuple[str, ...] = ("dgx-h100",)
   step: int = 5             # grid counts are step, 2 step, ...
   max_machines: int = 60    # per pool, ISO_THROUGHPUT (budgets bound the others)
-  refine_step: int = 0      # > 0: a second pass at this step around the grid's best
+  # > 0: a second pass at this step: budgets, prompt counts within one grid step
+  # of the best; ISO_THROUGHPUT, the whole finer grid, bounded by the grid's winner.
+  refine_step: int = 0
 
   def __post_init__(self):
     if self.step < 1 or self.max_machines < 1 or self.refine_step < 0:
@@ -225,6 +227,8 @@ def budget_layouts(design: Design, space: SearchSpace, budget: Budget,
   """Layouts using an ISO_POWER / ISO_COST budget maximally: per kind (pair),
   the co-located count that fits, or prompt counts on the grid filled up by
   :func:`fill_up`. ProvisionError if none fits."""
+  if budget.kind == BudgetKind.ISO_THROUGHPUT:
+    raise ProvisionError("budget_layouts needs an iso_power or iso_cost budget")
   units = {k: budget.measure(price[k]) for k in space.kinds(design)}
   free = [k for k, u in units.items() if u <= 0]
   if free:

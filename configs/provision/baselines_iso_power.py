@@ -3,7 +3,8 @@ DGX-H100) and Baseline-A100 (70 DGX-A100, the same GPU power: 224 kW) serving
 Llama2-70B on the conversation trace under the paper's nine SLOs, to set
 against the split layouts of hh_iso_power.py (same trace, probes and SLOs).
 
-  python scripts/provision.py --config configs/provision/baselines_iso_power.py --output_dir runs/prov_base
+  python scripts/provision.py --config configs/provision/baselines_iso_power.py \
+      --output_dir runs/prov_base
   ... --config.budget.kind=iso_cost --config.budget.cost_per_hour_usd=1520   # 40 H100 vs 86 A100
 """
 

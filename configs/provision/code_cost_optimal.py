@@ -7,7 +7,8 @@ Search: a saddleback walk over prompt / token counts on a grid of 5 up to 40 per
 pool (one probe of ~5000 requests at 70 req/s per layout), then on a grid of 1
 bounded by the grid's cheapest; the winner's max rate is then bisected.
 
-  python scripts/provision.py --config configs/provision/code_cost_optimal.py --output_dir runs/prov_code
+  python scripts/provision.py --config configs/provision/code_cost_optimal.py \
+      --output_dir runs/prov_code
   ... --config.budget.minimize=power        # lowest power instead
   ... --config.budget.rate=100
 """
