@@ -7,6 +7,8 @@ import dataclasses
 import itertools
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -355,3 +357,9 @@ def test_sim_probe_on_the_conversation_trace():
   easy, hard = probe(lay, 20.0), probe(lay, 1000.0)
   assert easy.feasible and easy.requests > 1400 and easy.failing == ()
   assert not hard.feasible and hard.failing
+
+
+def test_provisioning_imports_no_jax():
+  code = ("import sys, splitjax.provision, splitjax.sim.build, splitjax.sim.slo; "
+          "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')]")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
