@@ -54,11 +54,11 @@ from splitjax.provision_layout import (Budget, BudgetKind, CachedProbe, CacheMis
 from splitjax.serve_config import ClusterPolicy
 from splitjax.sim.sim_config import PerfModelKind, SimConfig
 
-__all__ = ["Bisection", "Budget", "BudgetKind", "CachedProbe", "Design", "EvalMode", "Layout",
+__all__ = ("Bisection", "Budget", "BudgetKind", "CachedProbe", "Design", "EvalMode", "Layout",
            "LayoutResult", "Objective", "Pool", "Price", "ProbeOutcome", "ProbeSettings",
            "ProvisionConfig", "ProvisionError", "RateBracket", "SearchResult", "SearchSpace",
            "SimProbe", "at_rate", "budget_layouts", "machine_price", "max_rate", "prices",
-           "provision_config_dict", "search"]
+           "provision_config_dict", "search")
 
 
 class EvalMode(enum.Enum):
