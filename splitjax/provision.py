@@ -58,7 +58,7 @@ __all__ = ("Bisection", "Budget", "BudgetKind", "CachedProbe", "Design", "EvalMo
            "LayoutResult", "Objective", "Pool", "Price", "ProbeOutcome", "ProbeSettings",
            "ProvisionConfig", "ProvisionError", "RateBracket", "SearchResult", "SearchSpace",
            "SimProbe", "at_rate", "budget_layouts", "machine_price", "max_rate", "prices",
-           "provision_config_dict", "search")
+           "probe_config", "provision_config_dict", "search")
 
 
 class EvalMode(enum.Enum):

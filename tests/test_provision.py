@@ -339,6 +339,22 @@ def test_sim_probe_key_covers_its_inputs(tmp_path):
     probe(Layout(colocated=Pool(2, H)), 1.0)
 
 
+def test_probes_at_different_rates_replay_the_same_requests_time_scaled(tmp_path):
+  """What makes feasibility (almost exactly) monotone in rate: same sizes, arrivals x 1/rate."""
+  from splitjax import workload
+  base = _roofline_base(_tiny_trace(tmp_path / "t.csv"))
+  lay, settings = Layout(Pool(1, H), Pool(1, H)), pv.ProbeSettings(requests=300)
+  specs = {}
+  for rate in (3.0, 11.0):
+    cfg = pv.probe_config(base, lay, rate, settings)
+    specs[rate] = workload.build(cfg.workload, cfg.model.max_seq_len)
+  slow, fast = specs[3.0], specs[11.0]
+  assert len(slow) == len(fast) > 250
+  assert [(s.prompt_tokens, s.output_tokens) for s in slow] == [
+      (s.prompt_tokens, s.output_tokens) for s in fast]
+  assert [s.arrival_s * 3.0 for s in slow] == pytest.approx([s.arrival_s * 11.0 for s in fast])
+
+
 def test_sim_probe_check_fails_early_on_a_missing_trace(tmp_path):
   probe = pv.SimProbe.create(_roofline_base(_tiny_trace(tmp_path / "t.csv")))
   (tmp_path / "t.csv").unlink()
