@@ -37,22 +37,21 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import enum
-import hashlib
 import itertools
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from splitjax.config import to_plain_dict
 from splitjax.provision_layout import (Budget, BudgetKind, CachedProbe, CacheMiss, Design,
                                        Layout, Objective, Pool, Price, Probe, ProbeOutcome,
-                                       ProbeSettings, ProvisionError, SearchSpace,
+                                       ProbeSettings, ProvisionError, SearchSpace, SimProbe,
                                        budget_layouts, fill_up, machine_price, prices,
                                        probe_config)
 from splitjax.serve_config import ClusterPolicy
-from splitjax.sim.sim_config import PerfModelKind, SimConfig
+from splitjax.sim.sim_config import SimConfig
 
 __all__ = ("Bisection", "Budget", "BudgetKind", "CachedProbe", "Design", "EvalMode", "Layout",
            "LayoutResult", "Objective", "Pool", "Price", "ProbeOutcome", "ProbeSettings",
@@ -128,71 +127,6 @@ def at_rate(layout: Layout, probe: Probe, rate: float) -> RateBracket:
   """One probe at ``rate`` (req/s)."""
   out = probe(layout, rate)
   return RateBracket(rate if out.feasible else 0.0, math.inf if out.feasible else rate, (out,))
-
-
-# ---------------------------------------------------------------- the simulator as a probe
-
-
-def _fingerprint(path: Path) -> str:
-  try:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-  except OSError:
-    return "missing"
-
-
-@dataclasses.dataclass(frozen=True)
-class SimProbe:
-  """Simulates ``probe_config(base, layout, rate, settings)`` and checks the SLOs.
-  ``inputs``: (file, sha256) of the trace, the profile and the machine catalog
-  (part of the cache key); :meth:`create` fills them in."""
-  base: SimConfig
-  settings: ProbeSettings = ProbeSettings()
-  inputs: tuple[tuple[str, str], ...] = ()
-
-  @classmethod
-  def create(cls, base: SimConfig, settings: ProbeSettings = ProbeSettings()) -> SimProbe:
-    from splitjax.sim.hardware import DEFAULT_CATALOG
-    from splitjax.sim.perf_model import default_profile_path
-    from splitjax.workload import shared_trace_path
-    w, c = base.workload, base.cluster
-    files = [Path(w.trace) if w.trace.endswith(".csv")
-             else shared_trace_path(w.trace, w.data_dir or None), DEFAULT_CATALOG]
-    if c.perf_model == PerfModelKind.PROFILE:
-      files.append(Path(c.profile_path) if c.profile_path else default_profile_path())
-    return cls(base, settings, tuple((str(f), _fingerprint(f)) for f in files))
-
-  def key(self, layout: Layout, rate: float) -> Mapping[str, Any]:
-    cfg = probe_config(self.base, layout, rate, self.settings)
-    return {"config": to_plain_dict(cfg), "inputs": [list(i) for i in self.inputs]}
-
-  def __call__(self, layout: Layout, rate: float) -> ProbeOutcome:
-    from splitjax.metrics import RequestStatus
-    from splitjax.sim import slo
-    from splitjax.sim.build import build
-    cfg = probe_config(self.base, layout, rate, self.settings)
-    sim, specs = build(cfg)
-    result = sim.run(specs)
-    report = slo.evaluate(cfg, result.records)
-    failed = sum(r.status != RequestStatus.COMPLETED for r in result.records)
-    return ProbeOutcome(rate, report.met, len(specs), failed,
-                        tuple(c.name for c in report.checks if not c.met))
-
-  def check(self, layouts: Iterable[Layout]) -> None:
-    """Fails early (ConfigError, TraceError, HardwareError, PerfModelError,
-    ProvisionError) on what every probe would fail on: the workload, each machine
-    kind's perf model and KV room, the SLO reference machine."""
-    from splitjax import workload
-    from splitjax.sim import slo
-    from splitjax.sim.build import kv_capacity_tokens, perf_model
-    from splitjax.sim.hardware import get_hardware
-    layouts = list(layouts)
-    cfg = probe_config(self.base, layouts[0], 1.0, self.settings)
-    workload.build(cfg.workload, cfg.model.max_seq_len)
-    slo.reference_perf_model(cfg)
-    for kind in dict.fromkeys(p.kind for lay in layouts for p in lay.pools):
-      hw = get_hardware(kind)
-      perf_model(cfg, hw)
-      kv_capacity_tokens(cfg, hw)
 
 
 # ---------------------------------------------------------------- results

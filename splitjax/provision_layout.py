@@ -1,11 +1,12 @@
-"""What the provisioning search (``splitjax.provision``) chooses from, and what a
-probe of it returns (no jax): a :class:`Layout` and its :class:`Price`, a
+"""What the provisioning search (``splitjax.provision``) chooses from, and how one
+probe of it runs (no jax): a :class:`Layout` and its :class:`Price`, a
 :class:`Budget`, the :class:`SearchSpace` of kinds and counts and the candidate
-sets it spans, a :class:`ProbeOutcome` and the on-disk cache of outcomes.
+sets it spans; a :class:`ProbeOutcome`, the on-disk cache of outcomes, and the
+simulator as a probe (:class:`SimProbe`).
 
 A probe is any callable ``probe(layout, rate) -> ProbeOutcome`` with a
 ``key(layout, rate)`` describing, as JSON, everything the outcome depends on
-(:class:`Probe`): ``provision.SimProbe`` runs the simulator; tests inject fakes.
+(:class:`Probe`): :class:`SimProbe` runs the simulator; tests inject fakes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
+from splitjax.config import to_plain_dict
 from splitjax.serve_config import ClusterPolicy
 from splitjax.sim.hardware import Hardware, HardwareError, get_hardware
-from splitjax.sim.sim_config import PoolConfig, SimConfig
+from splitjax.sim.sim_config import PerfModelKind, PoolConfig, SimConfig
 
 # Bump when what a cached outcome means changes (not needed for config or input
 # file changes: those change the key).
@@ -360,3 +362,65 @@ def probe_config(base: SimConfig, layout: Layout, rate: float,
   workload = dataclasses.replace(base.workload, rate=rate,
                                  rate_duration_s=settings.horizon_s(rate), seed=settings.seed)
   return dataclasses.replace(base, cluster=cluster, workload=workload)
+
+
+def _fingerprint(path: Path) -> str:
+  try:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+  except OSError:
+    return "missing"
+
+
+@dataclasses.dataclass(frozen=True)
+class SimProbe:
+  """Simulates ``probe_config(base, layout, rate, settings)`` and checks the SLOs.
+  ``inputs``: (file, sha256) of the trace, the profile and the machine catalog
+  (part of the cache key); :meth:`create` fills them in."""
+  base: SimConfig
+  settings: ProbeSettings = ProbeSettings()
+  inputs: tuple[tuple[str, str], ...] = ()
+
+  @classmethod
+  def create(cls, base: SimConfig, settings: ProbeSettings = ProbeSettings()) -> SimProbe:
+    from splitjax.sim.hardware import DEFAULT_CATALOG
+    from splitjax.sim.perf_model import default_profile_path
+    from splitjax.workload import shared_trace_path
+    w, c = base.workload, base.cluster
+    files = [Path(w.trace) if w.trace.endswith(".csv")
+             else shared_trace_path(w.trace, w.data_dir or None), DEFAULT_CATALOG]
+    if c.perf_model == PerfModelKind.PROFILE:
+      files.append(Path(c.profile_path) if c.profile_path else default_profile_path())
+    return cls(base, settings, tuple((str(f), _fingerprint(f)) for f in files))
+
+  def key(self, layout: Layout, rate: float) -> Mapping[str, Any]:
+    cfg = probe_config(self.base, layout, rate, self.settings)
+    return {"config": to_plain_dict(cfg), "inputs": [list(i) for i in self.inputs]}
+
+  def __call__(self, layout: Layout, rate: float) -> ProbeOutcome:
+    from splitjax.metrics import RequestStatus
+    from splitjax.sim import slo
+    from splitjax.sim.build import build
+    cfg = probe_config(self.base, layout, rate, self.settings)
+    sim, specs = build(cfg)
+    result = sim.run(specs)
+    report = slo.evaluate(cfg, result.records)
+    failed = sum(r.status != RequestStatus.COMPLETED for r in result.records)
+    return ProbeOutcome(rate, report.met, len(specs), failed,
+                        tuple(c.name for c in report.checks if not c.met))
+
+  def check(self, layouts: Iterable[Layout]) -> None:
+    """Fails early (ConfigError, TraceError, HardwareError, PerfModelError,
+    ProvisionError) on what every probe would fail on: the workload, each machine
+    kind's perf model and KV room, the SLO reference machine."""
+    from splitjax import workload
+    from splitjax.sim import slo
+    from splitjax.sim.build import kv_capacity_tokens, perf_model
+    from splitjax.sim.hardware import get_hardware
+    layouts = list(layouts)
+    cfg = probe_config(self.base, layouts[0], 1.0, self.settings)
+    workload.build(cfg.workload, cfg.model.max_seq_len)
+    slo.reference_perf_model(cfg)
+    for kind in dict.fromkeys(p.kind for lay in layouts for p in lay.pools):
+      hw = get_hardware(kind)
+      perf_model(cfg, hw)
+      kv_capacity_tokens(cfg, hw)
