@@ -29,7 +29,7 @@ from splitjax.sim.sim_config import PerfModelKind, PoolConfig, SimConfig
 
 # Bump when what a cached outcome means changes (not needed for config or input
 # file changes: those change the key).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _EPS = 1e-9      # slack (machines) when counting what fits a budget (float rounding)
 
 

@@ -124,7 +124,7 @@ class Coordinator:
       return []
     pool = self.policies.mixed_pool
     changes = pool.rebalance(self.instances)
-    if changes or not pool.quiet:           # roles or ``returning`` flags may have moved
+    if changes or pool.flags_changed:       # roles or ``returning`` flags moved
       self._candidates = Candidates.of(self.instances)
     self.role_changes.extend(changes)
     return changes

@@ -36,125 +36,140 @@ class RoleChange:
 
 
 class MixedPool:
-  """Decides borrowings and returns; call :meth:`rebalance` between iterations."""
+  """Decides borrowings and returns; call :meth:`rebalance` between iterations.
+
+  Keeps, per instance, its role and loads (pending prompt tokens for prompt
+  and mixed instances, token pressure for token and mixed ones), refreshed
+  only for instances that reported a change (``Instance.watchers``), and
+  running totals per role, so a call costs O(changes), not O(cluster), also
+  while instances are borrowed. Decisions compare means against limits;
+  prompt tokens are integers (exact) and token pressures are summed exactly
+  (``math.fsum`` of the cached values) whenever the running float sum is
+  within rounding of a threshold, so every decision is a pure function of the
+  cluster state.
+  """
+
+  _THRESHOLDS = (1.0, 0.5)     # borrow above 1x the limit, return at or below 0.5x
 
   def __init__(self, borrow_prompt_tokens: int, borrow_kv_fraction: float):
     if borrow_prompt_tokens <= 0 or not 0.0 < borrow_kv_fraction <= 1.0:
       raise ValueError("borrow_prompt_tokens must be > 0 and borrow_kv_fraction in (0, 1]")
     self.prompt_limit, self.kv_limit = borrow_prompt_tokens, borrow_kv_fraction
-    # Per-instance (role, load: pending prompt tokens of a prompt instance,
-    # token pressure of a token instance), refreshed only for instances that
-    # reported a change (Instance.watchers), and running totals over them, so
-    # the common "nothing to do" check costs O(changes).
     self._bound: Sequence[Instance] | None = None
-    self._loads: dict[Instance, tuple] = {}
+    self._reset()
+
+  def _reset(self) -> None:
+    self._index: dict[Instance, int] = {}
+    self._loads: dict[Instance, tuple] = {}        # instance -> (role, pending, pressure)
     self._stale: set[Instance] = set()
-    self._prompt_sum = self._n_prompt = self._n_token = self._n_mixed = 0
-    self._pressure_sum = 0.0
+    # Sums per role, in lists indexed by _SLOT[role] (enum hashing is slow).
+    self._pending, self._pressure, self._count = [0] * 4, [0.0] * 4, [0] * 4
+    self._mixed: set[Instance] = set()
+    self._settled = False            # the last call changed nothing, and nothing changed since
     # The last rebalance found no mixed pool and no pressure (changed nothing,
     # not even ``returning`` flags).
     self.quiet = True
+    # The last rebalance changed a ``returning`` flag (who takes new work).
+    self.flags_changed = False
 
-  def _pressure(self, lender: Role, serving: Sequence[Instance]) -> float:
-    """Pressure on the phase that instances of home ``lender`` are lent to."""
-    if not serving:
-      return 0.0
-    if lender == Role.TOKEN:
-      return sum(i.pending_prompt_tokens for i in serving) / len(serving) / self.prompt_limit
-    return sum(i.token_pressure for i in serving) / len(serving) / self.kv_limit
-
-  @staticmethod
-  def _serving(instances: Sequence[Instance], lender: Role, skip=None) -> list[Instance]:
-    """Instances serving the phase ``lender``'s instances are lent to: that
-    phase's own pool plus the whole mixed pool (which serves both phases)."""
-    own = Role.PROMPT if lender == Role.TOKEN else Role.TOKEN
-    return [i for i in instances if i is not skip and i.role in (own, Role.MIXED)]
-
+  # ---------------------------------------------------------------- cache
   def _bind(self, instances: Sequence[Instance]) -> None:
     if self._bound is instances:
       return
     for i in self._bound or ():
       i.watchers.remove(self._stale)
-    self._bound, self._loads, self._stale = instances, {}, set(instances)
+    self._reset()
+    self._bound, self._stale = instances, set(instances)
+    self._index = {i: n for n, i in enumerate(instances)}
     self.quiet = False
-    self._prompt_sum = self._n_prompt = self._n_token = self._n_mixed = 0
-    self._pressure_sum = 0.0
     for i in instances:
       i.watchers.append(self._stale)
 
-  def _quiet(self, instances: Sequence[Instance]) -> bool:
-    """No mixed pool and no pressure: nothing to do (the common case).
+  def _refresh(self) -> None:
+    """Re-reads the loads of instances that changed since the last call."""
+    loads, pending, pressure, count = self._loads, self._pending, self._pressure, self._count
+    prompt, token, mixed = Role.PROMPT, Role.TOKEN, Role.MIXED
+    for i in self._stale:
+      old = loads.get(i)
+      if old is not None:
+        k, p, q = old
+        pending[k] -= p
+        pressure[k] -= q
+        count[k] -= 1
+      role = i.role
+      k = 0 if role is prompt else 1 if role is token else 2 if role is mixed else 3
+      p = i.pending_prompt_tokens if role is prompt or role is mixed else 0
+      q = i.token_pressure if role is token or role is mixed else 0.0
+      loads[i] = (k, p, q)
+      pending[k] += p
+      pressure[k] += q
+      count[k] += 1
+      if role is mixed:
+        self._mixed.add(i)
+      else:
+        self._mixed.discard(i)
+    self._stale.clear()
 
-    A pure function of the cluster state: the running float sum of token
-    pressures decides only when it is clearly on one side of the limit (its
-    rounding drift is far below the 1e-6 margin); near the limit the exact
-    (order-independent) ``math.fsum`` of the cached values decides.
-    """
+  def _load(self, lender: Role, skip: Instance | None = None) -> float:
+    """Pressure (mean load / limit) on the phase ``lender``'s instances are lent
+    to, over that phase's own pool plus the mixed pool (minus ``skip``)."""
+    own = 0 if lender is Role.TOKEN else 1          # the phase's own pool; 2 = mixed
+    n = self._count[own] + self._count[2] - (skip is not None)
+    if n <= 0:
+      return 0.0
+    if own == 0:
+      total = self._pending[0] + self._pending[2]
+      if skip is not None:
+        total -= self._loads[skip][1]
+      return total / n / self.prompt_limit
+    total = self._pressure[1] + self._pressure[2]
+    if skip is not None:
+      total -= self._loads[skip][2]
+    bound = n * self.kv_limit
+    if any(abs(total - t * bound) <= 1e-9 * bound for t in self._THRESHOLDS):
+      total = math.fsum(q for i, (k, _, q) in self._loads.items()
+                        if (k == 1 or k == 2) and i is not skip)
+    return total / bound
+
+  def _quiet(self, instances: Sequence[Instance]) -> bool:
+    """No mixed pool and no pressure: nothing to do (the common case)."""
     self._bind(instances)
     if not self._stale:
       return self.quiet                # nothing changed since the last answer
-    loads, prompt, token = self._loads, Role.PROMPT, Role.TOKEN
-    for i in self._stale:      # (role, load): a prompt's pending tokens, a token's pressure
-      old = loads.get(i)
-      if old is not None:
-        role, load = old
-        if role is prompt:
-          self._prompt_sum -= load
-          self._n_prompt -= 1
-        elif role is token:
-          self._pressure_sum -= load
-          self._n_token -= 1
-        else:
-          self._n_mixed -= 1
-      role = i.role
-      if role is prompt:
-        load = i.pending_prompt_tokens
-        self._prompt_sum += load
-        self._n_prompt += 1
-      elif role is token:
-        load = i.token_pressure
-        self._pressure_sum += load
-        self._n_token += 1
-      else:
-        load = 0
-        self._n_mixed += 1
-      loads[i] = (role, load)
-    self._stale.clear()
-    if self._n_mixed or (self._n_prompt and
-                         self._prompt_sum > self.prompt_limit * self._n_prompt):
-      return False
-    if not self._n_token:
-      return True
-    bound = self.kv_limit * self._n_token
-    if abs(self._pressure_sum - bound) <= 1e-6 * self._n_token:
-      self._pressure_sum = math.fsum(p for role, p in loads.values() if role == Role.TOKEN)
-    return self._pressure_sum <= bound
+    self._refresh()
+    return (not self._count[2] and self._load(Role.TOKEN) <= 1.0
+            and self._load(Role.PROMPT) <= 1.0)
 
+  # ---------------------------------------------------------------- policy
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
     """Borrows and returns until the state is a fixed point; returns the changes."""
-    self.quiet = self._quiet(instances)
+    self.flags_changed = False
+    self._bind(instances)
+    if self._settled and not self._stale:
+      return []                          # a fixed point, and nothing changed since
+    self.quiet = self._settled = self._quiet(instances)
     if self.quiet:
       return []
     changes: list[RoleChange] = []
     for lender in (Role.TOKEN, Role.PROMPT):
       key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN
              else (lambda i: (i.pending_prompt_tokens, i.name)))
-      while self._pressure(lender, self._serving(instances, lender)) > 1.0:
-        pool = [i for i in instances if i.role == lender]
-        if len(pool) <= 1:
-          break
-        inst = min(pool, key=key)
+      while self._load(lender) > 1.0 and self._count[0 if lender is Role.PROMPT else 1] > 1:
+        inst = min((i for i in instances if i.role == lender), key=key)
         inst.role = Role.MIXED
+        self._refresh()
         changes.append(RoleChange(inst.name, lender, Role.MIXED))
-      calm = self._pressure(lender, self._serving(instances, lender)) <= 0.5
-      for inst in instances:
-        if inst.role != Role.MIXED or inst.home != lender:
+      calm = self._load(lender) <= 0.5
+      for inst in sorted(self._mixed, key=self._index.__getitem__):
+        if inst.home != lender:
           continue
-        inst.returning = calm
-        if (calm and _drained(inst) and
-            self._pressure(lender, self._serving(instances, lender, skip=inst)) <= 0.5):
+        if inst.returning != calm:
+          inst.returning, self.flags_changed = calm, True
+        if calm and _drained(inst) and self._load(lender, skip=inst) <= 0.5:
           inst.role, inst.returning = inst.home, False
+          self._refresh()
           changes.append(RoleChange(inst.name, Role.MIXED, inst.home))
+    self._settled = not changes and not self.flags_changed
     return changes
 
 

@@ -1,8 +1,10 @@
 """Mixed pool: borrow under pressure, keep one instance per pool, return when drained."""
 
+import math
+
 from hypothesis import given, settings, strategies as st
 
-from splitjax.scheduling.mixed_pool import MixedPool
+from splitjax.scheduling.mixed_pool import MixedPool, _drained
 from splitjax.scheduling.records import Role
 from tests.scheduling.helpers import inst, req
 
@@ -62,3 +64,69 @@ def test_rebalance_is_a_fixed_point(prompt_loads, kv_loads, limit, kv_limit):
   assert pool.rebalance(insts) == []
   assert [(i.role, i.returning) for i in insts] == state
   assert any(i.role == Role.PROMPT for i in insts) and any(i.role == Role.TOKEN for i in insts)
+
+
+def _reference(insts, limit, kv_limit):
+  """The policy written plainly (fresh exact sums over the cluster on every
+  question), to check the cached implementation's decisions against."""
+  def load(lender, skip=None):
+    own = Role.PROMPT if lender == Role.TOKEN else Role.TOKEN
+    serving = [i for i in insts if i is not skip and i.role in (own, Role.MIXED)]
+    if not serving:
+      return 0.0
+    if lender == Role.TOKEN:
+      return sum(i.pending_prompt_tokens for i in serving) / len(serving) / limit
+    return math.fsum(i.token_pressure for i in serving) / (len(serving) * kv_limit)
+  changes = []
+  for lender in (Role.TOKEN, Role.PROMPT):
+    key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN
+           else (lambda i: (i.pending_prompt_tokens, i.name)))
+    while load(lender) > 1.0:
+      pool = [i for i in insts if i.role == lender]
+      if len(pool) <= 1:
+        break
+      inst = min(pool, key=key)
+      inst.role = Role.MIXED
+      changes.append((inst.name, Role.MIXED))
+    calm = load(lender) <= 0.5
+    for inst in insts:
+      if inst.role != Role.MIXED or inst.home != lender:
+        continue
+      inst.returning = calm
+      if calm and _drained(inst) and load(lender, skip=inst) <= 0.5:
+        inst.role, inst.returning = inst.home, False
+        changes.append((inst.name, inst.home))
+  return changes
+
+
+def _state(insts):
+  return [(i.role, i.returning) for i in insts]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["queue", "kv", "clear"]),
+                          st.integers(1, 900)), min_size=1, max_size=40),
+       st.integers(100, 2000), st.floats(0.2, 1.0))
+def test_cached_decisions_equal_the_plain_policy(ops, limit, kv_limit):
+  """Through any sequence of load changes, the cached pool borrows and returns
+  exactly what the plain policy (fresh exact sums) decides."""
+  def cluster():
+    return [inst(f"p{i}", Role.PROMPT) for i in range(3)] + [
+        inst(f"t{i}", Role.TOKEN, capacity=1000) for i in range(3)]
+  fast, plain = cluster(), cluster()
+  pool = MixedPool(limit, kv_limit)
+  for n, (k, op, size) in enumerate(ops):
+    for insts in (fast, plain):
+      i = insts[k]
+      if op == "queue":
+        i.prompt_queue.append(req(1000 + n, size, 1))
+      elif op == "kv" and i.kv.can_allocate(size):
+        i.kv.allocate(1000 + n, size)
+      elif op == "clear":
+        i.prompt_queue.clear()
+        for rid in list(i.kv._held):
+          i.kv.free(rid)
+    got = [(c.instance, c.new) for c in pool.rebalance(fast)]
+    assert got == _reference(plain, limit, kv_limit)
+    assert _state(fast) == _state(plain)
+    assert pool.rebalance(fast) == [] and _state(fast) == _state(plain)   # fixed point
