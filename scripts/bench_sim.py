@@ -7,6 +7,8 @@ Cases (Splitwise-HH, configs/sim/splitwise_hh.py: 40 DGX-H100, Llama2-70B):
 
   conv_hh          the whole one-hour conversation trace (19,366 requests)   target < 2 s
   conv_hh_rate80   as many requests, Poisson at 80 req/s (a loaded cluster)  target < 5 s
+  conv_hh_rate80_mixed  the same with decode batches capped at 32: token
+                   slots bind, so the mixed pool is busy (~13 of 40 borrowed) target < 5 s
   synthetic_1m     ~1,000,000 requests, Poisson at 80 req/s for 12,500 s     must finish
 
 Each case is one ``simulate.py`` process (interpreter start, trace reading,
@@ -47,6 +49,8 @@ class Case:
 CASES = (
     Case("conv_hh", (), 2.0),
     Case("conv_hh_rate80", ("--config.workload.rate=80",), 5.0),
+    Case("conv_hh_rate80_mixed", ("--config.workload.rate=80", "--config.cluster.max_batch=32"),
+         5.0),
     Case("synthetic_1m", ("--config.workload.rate=80", "--config.workload.rate_duration_s=12500",
                           "--write_requests=false"), None),
 )
@@ -111,11 +115,11 @@ def main(argv):
       print(f"  {name}: {best['wall_s']:.2f} s, {best['requests']} requests")
   after = bm.check_quiet(1.0)
   print(after.describe())
-  print(f"{'case':16} {'requests':>9} {'events':>9} {'wall s':>7} {'run s':>7} "
+  print(f"{'case':20} {'requests':>9} {'events':>9} {'wall s':>7} {'run s':>7} "
         f"{'req/wall s':>10} {'peak MiB':>9} {'target':>7} {'met':>4}")
   for r in rows:
     target = "finish" if r["target_s"] is None else f"<{r['target_s']:.0f} s"
-    print(f"{r['case']:16} {r['requests']:9d} {r['events']:9d} {r['wall_s']:7.2f} "
+    print(f"{r['case']:20} {r['requests']:9d} {r['events']:9d} {r['wall_s']:7.2f} "
           f"{r['timing']['run_s']:7.2f} {r['requests_per_wall_s']:10.0f} "
           f"{r['peak_rss_bytes'] / 2 ** 20:9.0f} {target:>7} {'yes' if r['met'] else 'NO':>4}")
   results = dict(machine=dict(before=dataclasses.asdict(before) | {"quiet": before.quiet},
