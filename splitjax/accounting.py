@@ -271,10 +271,8 @@ class EnergyLedger:
       ids.append(c.request.request_id)
       tokens.append(c.end - c.start)
     if work.decode:
-      steps = work.steps
-      for r in work.decode:
-        ids.append(r.request_id)
-        tokens.append(steps)
+      ids.extend([r.request_id for r in work.decode])
+      tokens.extend([work.steps] * len(work.decode))
     self._row_ends.append(len(ids))
 
   __call__ = observe
