@@ -49,8 +49,6 @@ class MixedPool:
   cluster state.
   """
 
-  _THRESHOLDS = (1.0, 0.5)     # borrow above 1x the limit, return at or below 0.5x
-
   def __init__(self, borrow_prompt_tokens: int, borrow_kv_fraction: float):
     if borrow_prompt_tokens <= 0 or not 0.0 < borrow_kv_fraction <= 1.0:
       raise ValueError("borrow_prompt_tokens must be > 0 and borrow_kv_fraction in (0, 1]")
@@ -90,24 +88,30 @@ class MixedPool:
     loads, pending, pressure, count = self._loads, self._pending, self._pressure, self._count
     prompt, token, mixed = Role.PROMPT, Role.TOKEN, Role.MIXED
     for i in self._stale:
-      old = loads.get(i)
-      if old is not None:
-        k, p, q = old
-        pending[k] -= p
-        pressure[k] -= q
-        count[k] -= 1
       role = i.role
-      k = 0 if role is prompt else 1 if role is token else 2 if role is mixed else 3
-      p = i.pending_prompt_tokens if role is prompt or role is mixed else 0
-      q = i.token_pressure if role is token or role is mixed else 0.0
+      if role is prompt:                   # role slot k, pending p, token pressure q
+        k, p, q = 0, i.pending_prompt_tokens, 0.0
+      elif role is token:
+        k, p, q = 1, 0, i.token_pressure
+      elif role is mixed:
+        k, p, q = 2, i.pending_prompt_tokens, i.token_pressure
+      else:
+        k, p, q = 3, 0, 0.0
+      old = loads.get(i)
       loads[i] = (k, p, q)
+      if old is None or old[0] != k:
+        if old is not None:
+          count[old[0]] -= 1
+        count[k] += 1
+        if k == 2:
+          self._mixed.add(i)
+        else:
+          self._mixed.discard(i)
+      if old is not None:
+        pending[old[0]] -= old[1]
+        pressure[old[0]] -= old[2]
       pending[k] += p
       pressure[k] += q
-      count[k] += 1
-      if role is mixed:
-        self._mixed.add(i)
-      else:
-        self._mixed.discard(i)
     self._stale.clear()
 
   def _load(self, lender: Role, skip: Instance | None = None) -> float:
@@ -126,7 +130,7 @@ class MixedPool:
     if skip is not None:
       total -= self._loads[skip][2]
     bound = n * self.kv_limit
-    if any(abs(total - t * bound) <= 1e-9 * bound for t in self._THRESHOLDS):
+    if abs(total - bound) <= 1e-9 * bound or abs(total - 0.5 * bound) <= 1e-9 * bound:
       total = math.fsum(q for i, (k, _, q) in self._loads.items()
                         if (k == 1 or k == 2) and i is not skip)
     return total / bound
@@ -137,8 +141,15 @@ class MixedPool:
     if not self._stale:
       return self.quiet                # nothing changed since the last answer
     self._refresh()
-    return (not self._count[2] and self._load(Role.TOKEN) <= 1.0
-            and self._load(Role.PROMPT) <= 1.0)
+    count = self._count
+    if count[2]:
+      return False
+    if count[0] and self._pending[0] / count[0] / self.prompt_limit > 1.0:
+      return False                       # the same arithmetic as _load(TOKEN)
+    bound = count[1] * self.kv_limit
+    if bound and abs(self._pressure[1] - bound) > 1e-9 * bound:
+      return self._pressure[1] <= bound  # clearly on one side (else exact below)
+    return self._load(Role.PROMPT) <= 1.0
 
   # ---------------------------------------------------------------- policy
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
