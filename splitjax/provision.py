@@ -39,6 +39,7 @@ import dataclasses
 import enum
 import itertools
 import math
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -246,8 +247,10 @@ class _Runner:
       except CacheMiss:
         pass
     if self._executor is None:
-      self._executor = (_InlineExecutor() if self.workers <= 1
-                        else cf.ProcessPoolExecutor(self.workers))
+      # Fresh interpreters ("spawn"), not fork: a forked copy of a process that
+      # runs threads (e.g. one that imported jax) can deadlock.
+      self._executor = (_InlineExecutor() if self.workers <= 1 else cf.ProcessPoolExecutor(
+          self.workers, mp_context=multiprocessing.get_context("spawn")))
     return self._executor.submit(_evaluate, layout, mode, rate, self.probe, self.bisection)
 
   def collect(self, future: cf.Future, layout: Layout, mode: EvalMode,
