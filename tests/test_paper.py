@@ -1,0 +1,125 @@
+"""Paper reproduction (splitjax.paper, splitjax.paper_plots) on hand-made search
+outcomes: budgets, the modeling variants' configs, every claim's arithmetic,
+the report and the figures. No simulation."""
+
+import json
+import math
+
+import pytest
+
+from splitjax import paper as P
+from splitjax import paper_plots as pp
+from splitjax.config import TransferMode
+from splitjax.provision import BudgetKind, Layout, Pool, prices
+
+S = P.RunSettings()
+H, A, CAP = P.H100, P.A100, P.H100_CAP
+# Hand-made iso-power winners per trace: (layout, max req/s).
+WINNERS = {
+    P.PaperDesign.BASELINE_A100: (Layout(colocated=Pool(70, A)), 50.0),
+    P.PaperDesign.BASELINE_H100: (Layout(colocated=Pool(40, H)), 100.0),
+    P.PaperDesign.SPLITWISE_AA: (Layout(Pool(40, A), Pool(30, A)), 110.0),   # 2.2x A100
+    P.PaperDesign.SPLITWISE_HH: (Layout(Pool(25, H), Pool(15, H)), 150.0),
+    P.PaperDesign.SPLITWISE_HA: (Layout(Pool(20, H), Pool(35, A)), 130.0),
+    P.PaperDesign.SPLITWISE_HHCAP: (Layout(Pool(25, H), Pool(21, CAP)), 145.0),
+}
+
+
+def _point(layout, rate):
+  price = layout.price(prices({p.kind for p in layout.pools}))
+  return P.LayoutPoint(layout, rate, price.cost_per_hour_usd, price.power_w)
+
+
+def _outcomes(scale_code=1.0):
+  """Iso-power winners on both traces (split designs' rates x scale_code on code)."""
+  out = {}
+  for trace, scale in ((P.Trace.CONV, 1.0), (P.Trace.CODE, scale_code)):
+    for d, (lay, rate) in WINNERS.items():
+      spec = P.budget_spec(trace, d, BudgetKind.ISO_POWER, S)
+      rate *= scale if d.split else 1.0
+      out[spec] = P.SearchOutcome(spec, _point(lay, rate), (_point(lay, rate),))
+    base = out[P.budget_spec(trace, P.PaperDesign.BASELINE_H100, BudgetKind.ISO_POWER, S)]
+    cap = P.hhcap_spec(trace, base.best.max_rate)
+    out[cap] = P.SearchOutcome(cap, _point(Layout(Pool(20, H), Pool(15, CAP)), 101.0))
+  code = P.code_cost_spec(S)
+  out[code] = P.SearchOutcome(code, _point(Layout(Pool(13, H), Pool(2, H)), 71.5))
+  return out
+
+
+def _claim(claims, key):
+  return next(c for c in claims if c.key == key)
+
+
+def test_paper_budgets_are_40_h100_of_gpu_power_and_cost():
+  assert P.paper_budget(BudgetKind.ISO_POWER).power_w == pytest.approx(40 * 8 * 700)
+  assert P.paper_budget(BudgetKind.ISO_COST).cost_per_hour_usd == pytest.approx(40 * 38.0)
+  assert P.paper_budget(BudgetKind.ISO_POWER, 0.1).power_w == pytest.approx(22400)
+
+
+def test_variants_change_only_what_they_name():
+  ours = P.base_sim(P.Trace.CONV, P.PaperDesign.SPLITWISE_HH)
+  serial = P.base_sim(P.Trace.CONV, P.PaperDesign.SPLITWISE_HH, P.Variant.SERIAL_TRANSFER)
+  no_gqa = P.base_sim(P.Trace.CONV, P.PaperDesign.SPLITWISE_HH, P.Variant.NO_GQA_KV)
+  assert serial.cluster.transfer == TransferMode.SERIALIZED and ours.model == serial.model
+  assert no_gqa.model.kv_bytes_per_token() == 8 * ours.model.kv_bytes_per_token()
+  # Weights (hence KV room) unchanged to within 0.01%.
+  assert no_gqa.model.param_count() == pytest.approx(ours.model.param_count(), rel=1e-4)
+  assert no_gqa.cluster == ours.cluster and ours.workload.trace == "conv"
+
+
+def test_claims_from_hand_made_outcomes():
+  claims = P.compute_claims(_outcomes(scale_code=0.5), S)
+  assert [c.key for c in claims] == list(P.ClaimKey)
+  # AA costs 70 x 17.6 = 1232 $/h = 0.81 x 1520: the only design in the 20%-cheaper class
+  # (HA: 20 x 38 + 35 x 17.6 = 1376 $/h = 0.91x); its 110 / 100 on conv beats 55 / 100 on code.
+  c1 = _claim(claims, P.ClaimKey.THROUGHPUT_AT_LOWER_COST)
+  assert c1.our_value == pytest.approx(1.1) and "conv Splitwise-AA" in c1.basis
+  assert c1.ratio == pytest.approx(1.1 / 1.4)
+  c2 = _claim(claims, P.ClaimKey.SAME_COST_AND_POWER)
+  assert c2.our_value == pytest.approx(2.2) and abs(c2.ratio - 1) < 0.2
+  c3 = _claim(claims, P.ClaimKey.HHCAP_LOWER_POWER)      # 20 x 5.6 + 15 x 3.92 = 170.8 kW
+  assert c3.our_value == pytest.approx(170.8 / 224.0)
+  c4 = _claim(claims, P.ClaimKey.CODE_COST_OPTIMAL)
+  assert c4.our_value == pytest.approx(15 * 38.0) and c4.our_label == "13 dgx-h100 + 2 dgx-h100"
+  assert c4.ratio is None and not c4.deviates(0.2)
+  assert c1.deviates(0.2) and not c2.deviates(0.2)
+
+
+def test_missing_searches_leave_claims_empty_and_deps_are_listed():
+  claims = P.compute_claims({}, S)
+  assert all(c.our_value is None for c in claims)
+  assert "not run" in _claim(claims, P.ClaimKey.CODE_COST_OPTIMAL).detail
+  deps = P.claim_specs(P.ClaimKey.SAME_COST_AND_POWER, S, P.Variant.NO_GQA_KV)
+  assert {(s.trace, s.design) for s in deps} == {
+      (t, d) for t in S.traces for d in (P.PaperDesign.BASELINE_A100, P.PaperDesign.SPLITWISE_AA)}
+  assert all(s.variant == P.Variant.NO_GQA_KV for s in deps)
+  assert len(P.hhcap_specs(_outcomes(), S)) == 2
+
+
+def test_report_has_every_claim_and_the_reruns_of_deviating_ones(tmp_path):
+  outcomes = _outcomes(scale_code=0.5)
+  claims = P.compute_claims(outcomes, S)
+  reruns = {v: P.compute_claims(outcomes, S) for v in P.Variant if v != P.Variant.OURS}
+  md = pp.render_report(claims, reruns, outcomes, S, ["a.png"])
+  for key in P.ClaimKey:
+    assert key.text in md
+  table = md.split("## Claims")[1].split("##")[0]
+  assert table.count("\n|") == 2 + len(P.ClaimKey)
+  reruns_part = md.split("## Where")[1].split("##")[0]
+  assert P.ClaimKey.THROUGHPUT_AT_LOWER_COST.text in reruns_part
+  assert P.ClaimKey.SAME_COST_AND_POWER.text not in reruns_part
+  assert "KV sized without GQA" in reruns_part and "![a.png](a.png)" in md
+  json.dumps([c.to_dict() for c in claims])        # results.json entries serialize
+
+
+def test_figures_are_written(tmp_path):
+  outcomes = _outcomes()
+  paths = [pp.plot_throughput_vs(outcomes, S, "cost", tmp_path / "c.png"),
+           pp.plot_hh_heatmap(outcomes, P.Trace.CONV, tmp_path / "h.png")]
+  lat = pp.Latencies(P.PaperDesign.SPLITWISE_HH, WINNERS[P.PaperDesign.SPLITWISE_HH][0], 5.0,
+                     (0.1, 0.2, 0.3), (0.03, 0.04))
+  paths.append(pp.plot_latency_cdfs([lat], P.Trace.CONV, tmp_path / "l.png"))
+  for p in paths:
+    assert p.read_bytes()[:4] == b"\x89PNG"
+  assert pp.plot_hh_heatmap({}, P.Trace.CODE, tmp_path / "none.png") is None
+  assert math.isclose(P.QUICK.requests, 1000)
