@@ -134,6 +134,8 @@ class Coordinator:
     """The next iteration for ``inst`` (which must not be busy), or None."""
     if inst.busy:
       raise ValueError(f"instance {inst.name} is busy")
+    if not (inst.prompt_queue or inst.decode_queue or inst.decoding or inst.prefilling):
+      return None                   # step policies make work only from these
     work = self.policies.steps[inst.role].next_work(inst, now)
     if work is not None:
       inst.busy = True

@@ -23,7 +23,9 @@ from splitjax.scheduling.records import Chunk, Instance, Work, WorkKind
 
 class StepPolicy(Protocol):
   def next_work(self, inst: Instance, now: float) -> Work | None:
-    """The next iteration for idle ``inst`` (allocating what it admits), or None."""
+    """The next iteration for idle ``inst`` (allocating what it admits), or None.
+    Work comes only from ``prompt_queue``, ``prefilling``, ``decode_queue`` and
+    ``decoding`` (the coordinator skips the call when all four are empty)."""
 
 
 def _prefill_work(inst: Instance, batch: list, now: float) -> Work:
