@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from splitjax import accounting
-from splitjax.accounting import KINDS, EnergyLedger, InstanceRates
+from splitjax import accounting, accounts
+from splitjax.accounting import EnergyLedger
+from splitjax.accounts import KINDS, InstanceRates
 from splitjax.metrics import RequestRecord, RequestStatus
 from splitjax.model.presets import get_preset
 from splitjax.scheduling.coordinator import (Coordinator, home_roles, make_instances,
@@ -60,7 +61,7 @@ def test_hand_checkable_energy_cost_and_shares():
   assert i.energy_j == {WorkKind.PREFILL: 12000.0, WorkKind.DECODE: 12000.0,
                         WorkKind.MIXED: 0.0}
   assert i.idle_energy_j == 5000.0 and acc.energy_j == 29000.0
-  assert acc.energy_j / accounting.JOULES_PER_WH == pytest.approx(8.0555556)
+  assert acc.energy_j / accounts.JOULES_PER_WH == pytest.approx(8.0555556)
   assert acc.cost_usd == pytest.approx(0.10) and acc.idle_cost_usd == pytest.approx(0.05)
   # Prefill energy 12 kJ split 100:300 tokens, decode 12 kJ split 10:10 steps.
   r1, r2 = acc.requests.get(1), acc.requests.get(2)
