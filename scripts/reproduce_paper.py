@@ -39,6 +39,10 @@ _STEP = flags.DEFINE_integer("step", 0, "Grid step, machines (0: the preset's)."
 _TOLERANCE = flags.DEFINE_float("tolerance", 0.0, "Bisection tolerance (0: the preset's).")
 _SCALE = flags.DEFINE_float("budget_scale", 1.0, "x the paper's budgets and the 70 req/s "
                             "(small values for smoke tests).")
+_BEYOND = flags.DEFINE_bool("beyond", True, "Also search every prompt / token kind pair "
+                            "(Splitwise-any, refined grid) at both budgets.")
+_LENGTH = flags.DEFINE_integer("length_requests", 5000, "Also bisect a few iso-power winners "
+                               "with probes this long (probe-length check; 0: skip).")
 _RERUNS = flags.DEFINE_bool("reruns", True, "Rerun deviating claims' searches per modeling "
                             "difference.")
 
@@ -56,47 +60,70 @@ def settings_from_flags():
 def searches(settings, log):
   """Every search of our model, then the reruns: (outcomes, claims, reruns)."""
   from splitjax import paper as P
+  from splitjax import paper_claims as C
   from splitjax.provision import BudgetKind
-  specs = [P.budget_spec(t, d, k, settings) for t in settings.traces for d in P.PaperDesign
+  designs = P.PaperDesign if _BEYOND.value else P.PAPER_DESIGNS
+  specs = [P.budget_spec(t, d, k, settings) for t in settings.traces for d in designs
            for k in (BudgetKind.ISO_POWER, BudgetKind.ISO_COST)]
   if P.Trace.CODE in settings.traces:
     specs.append(P.code_cost_spec(settings))
   outcomes = P.run_specs(specs, settings, log)
-  outcomes.update(P.run_specs(P.hhcap_specs(outcomes, settings), settings, log))
-  claims = P.compute_claims(outcomes, settings)
+  outcomes.update(P.run_specs(C.hhcap_specs(outcomes, settings), settings, log))
+  claims = C.compute_claims(outcomes, settings)
   off = [c.key for c in claims if c.deviates(settings.deviation)]
   reruns = {}
   if off and _RERUNS.value:
     variants = [v for v in P.Variant if v != P.Variant.OURS]
     log(f"off by more than {settings.deviation:.0%}: {', '.join(k.text for k in off)}; "
         f"rerunning with {', '.join(v.value for v in variants)}")
-    more = [s for v in variants for k in off for s in P.claim_specs(k, settings, v)]
+    more = [s for v in variants for k in off for s in C.claim_specs(k, settings, v)]
     outcomes.update(P.run_specs(more, settings, log))
-    if P.ClaimKey.HHCAP_LOWER_POWER in off:
-      more = [s for v in variants for s in P.hhcap_specs(outcomes, settings, v)]
+    if C.ClaimKey.HHCAP_LOWER_POWER in off:
+      more = [s for v in variants for s in C.hhcap_specs(outcomes, settings, v)]
       outcomes.update(P.run_specs(more, settings, log))
-    reruns = {v: P.compute_claims(outcomes, settings, v) for v in variants}
+    reruns = {v: C.compute_claims(outcomes, settings, v) for v in variants}
   return outcomes, claims, reruns
 
 
 def latency_runs(outcomes, settings):
   """Every design's iso-power winner at the lowest of their max rates (conv if run)."""
-  import concurrent.futures as cf
-
   from splitjax import paper as P
   from splitjax.paper_plots import simulate_latencies
   from splitjax.provision import BudgetKind
   trace = P.Trace.CONV if P.Trace.CONV in settings.traces else settings.traces[0]
-  wins = [(d, o.best) for d in P.PaperDesign
+  wins = [(d, o.best) for d in P.PAPER_DESIGNS
           if (o := outcomes.get(P.budget_spec(trace, d, BudgetKind.ISO_POWER, settings)))
           and o.best]
   if not wins:
     return trace, []
   rate = min(b.max_rate for _, b in wins)
-  with cf.ProcessPoolExecutor(max(1, min(settings.workers or 2, len(wins)))) as pool:
-    futs = [pool.submit(simulate_latencies, trace, d, b.layout, rate, settings)
-            for d, b in wins]
-    return trace, [f.result() for f in futs]
+  return trace, _pool(settings, [(simulate_latencies, trace, d, b.layout, rate, settings)
+                                 for d, b in wins])
+
+
+def _pool(settings, tasks):
+  import concurrent.futures as cf
+  import multiprocessing as mp
+  workers = max(1, min(settings.workers or 2, len(tasks)))
+  with cf.ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
+    return [f.result() for f in [pool.submit(*t) for t in tasks]]
+
+
+def length_checks(outcomes, settings):
+  """Baselines' and AA / HH's iso-power winners (conv if run) bisected with probes
+  of settings.requests and of --length_requests requests."""
+  from splitjax import paper as P
+  from splitjax.provision import BudgetKind
+  if not _LENGTH.value or _LENGTH.value == settings.requests:
+    return []
+  trace = P.Trace.CONV if P.Trace.CONV in settings.traces else settings.traces[0]
+  d = P.PaperDesign
+  wins = [(x, o.best) for x in (d.BASELINE_A100, d.BASELINE_H100, d.SPLITWISE_AA,
+                                d.SPLITWISE_HH)
+          if (o := outcomes.get(P.budget_spec(trace, x, BudgetKind.ISO_POWER, settings)))
+          and o.best]
+  return _pool(settings, [(P.length_check, trace, x, b.layout, n, settings)
+                          for n in (settings.requests, _LENGTH.value) for x, b in wins])
 
 
 def figures(outcomes, settings, out: Path) -> list[str]:
@@ -126,6 +153,7 @@ def main(argv):
   out.mkdir(parents=True, exist_ok=True)
   log = lambda line: print(line, flush=True)
   outcomes, claims, reruns = searches(settings, log)
+  checks = length_checks(outcomes, settings)
   t1 = time.perf_counter()
   names = figures(outcomes, settings, out)
   t2 = time.perf_counter()
@@ -137,11 +165,12 @@ def main(argv):
             f"Run: {len(outcomes)} searches, {probes} probes in {t1 - t0:.0f} s, figures "
             f"{t2 - t1:.0f} s (probe outcomes cached under {settings.cache_dir or 'nowhere'})."]
   (out / "report.md").write_text(render_report(claims, reruns, outcomes, settings, names,
-                                               header))
+                                               header, checks))
   (out / "results.json").write_text(json.dumps({
       "claims": [c.to_dict() for c in claims],
       "reruns": {v.value: [c.to_dict() for c in cs] for v, cs in reruns.items()},
       "searches": [o.to_dict() for o in outcomes.values()],
+      "length_checks": [to_plain_dict(c) for c in checks],
       "settings": to_plain_dict(settings), "figures": names,
       "timing": {"searches_s": t1 - t0, "figures_s": t2 - t1, "probes": probes}},
       indent=2))

@@ -5,12 +5,10 @@ The six designs of the paper (:class:`PaperDesign`) are searched with
 (:func:`paper_budget`: iso-power 40 DGX-H100 = 70 DGX-A100 = 224 kW of GPU power,
 iso-cost 40 DGX-H100 = 1520 $/h ~ 86 DGX-A100). Each search is one
 :class:`SearchSpec` (trace, design, budget, modeling :class:`Variant`); its
-outcome is a :class:`SearchOutcome`. The claims (:class:`ClaimKey`) are computed
-from outcomes only (:func:`compute_claims`), so they are testable on hand-made
-outcomes; :func:`run_specs` runs searches in parallel processes (each search
-inline, its probes cached under ``cache_dir``). ``scripts/reproduce_paper.py``
-drives it, :func:`render_report` writes the markdown and ``splitjax.paper_plots``
-the figures.
+outcome is a :class:`SearchOutcome`; :func:`run_specs` runs searches in parallel
+processes (each search inline, its probes cached under ``cache_dir``). The claims
+are ``splitjax.paper_claims``; the figures and the markdown report
+``splitjax.paper_plots``; ``scripts/reproduce_paper.py`` drives them.
 """
 
 from __future__ import annotations
@@ -37,13 +35,16 @@ class Trace(enum.Enum):
 
 
 class PaperDesign(enum.Enum):
-  """(label, prompt kind, token kind) or (label, co-located kind, None)."""
-  BASELINE_A100 = ("Baseline-A100", A100, None)
-  BASELINE_H100 = ("Baseline-H100", H100, None)
-  SPLITWISE_AA = ("Splitwise-AA", A100, A100)
-  SPLITWISE_HH = ("Splitwise-HH", H100, H100)
-  SPLITWISE_HA = ("Splitwise-HA", H100, A100)
-  SPLITWISE_HHCAP = ("Splitwise-HHcap", H100, H100_CAP)
+  """(label, prompt kinds, token kinds) or (label, co-located kinds, None). The
+  paper's six, and SPLITWISE_ANY: every prompt / token kind pair at once
+  (refined around its winner), the search beyond the paper."""
+  BASELINE_A100 = ("Baseline-A100", (A100,), None)
+  BASELINE_H100 = ("Baseline-H100", (H100,), None)
+  SPLITWISE_AA = ("Splitwise-AA", (A100,), (A100,))
+  SPLITWISE_HH = ("Splitwise-HH", (H100,), (H100,))
+  SPLITWISE_HA = ("Splitwise-HA", (H100,), (A100,))
+  SPLITWISE_HHCAP = ("Splitwise-HHcap", (H100,), (H100_CAP,))
+  SPLITWISE_ANY = ("Splitwise-any", (H100, A100), (H100, A100, H100_CAP))
 
   @property
   def label(self) -> str:
@@ -53,13 +54,20 @@ class PaperDesign(enum.Enum):
   def split(self) -> bool:
     return self.value[2] is not None
 
+  @property
+  def in_paper(self) -> bool:
+    return self != PaperDesign.SPLITWISE_ANY
+
   def space(self, step: int, max_machines: int = 60, refine_step: int = 0) -> SearchSpace:
     """The provisioning space of this design (grid ``step`` machines)."""
     _, first, second = self.value
     if not self.split:
-      return SearchSpace(colocated_kinds=(first,), step=step, max_machines=max_machines)
-    return SearchSpace(prompt_kinds=(first,), token_kinds=(second,), step=step,
+      return SearchSpace(colocated_kinds=first, step=step, max_machines=max_machines)
+    return SearchSpace(prompt_kinds=first, token_kinds=second, step=step,
                        max_machines=max_machines, refine_step=refine_step)
+
+
+PAPER_DESIGNS = tuple(d for d in PaperDesign if d.in_paper)
 
 
 class Variant(enum.Enum):
@@ -67,12 +75,14 @@ class Variant(enum.Enum):
   OURS = "ours"                   # GQA-sized KV, layer-wise transfer for long prompts
   SERIAL_TRANSFER = "serial"      # every KV cache sent after its prefill (one copy)
   NO_GQA_KV = "no_gqa_kv"         # KV sized with num_kv_heads = num_heads (8x for Llama2-70B)
+  PAPER_KV = "paper_kv"           # both: 8x the KV bytes, each sent after its prefill
 
   @property
   def description(self) -> str:
     return {Variant.OURS: "our model",
             Variant.SERIAL_TRANSFER: "KV sent serially after each prefill",
-            Variant.NO_GQA_KV: "KV sized without GQA (8x larger)"}[self]
+            Variant.NO_GQA_KV: "KV sized without GQA (8x larger)",
+            Variant.PAPER_KV: "both (the paper simulator's KV)"}[self]
 
 
 def paper_budget(kind: BudgetKind, scale: float = 1.0) -> Budget:
@@ -127,15 +137,15 @@ def base_sim(trace: Trace, design: PaperDesign, variant: Variant = Variant.OURS)
   """The SimConfig a design's probes start from (pools are replaced per layout)."""
   from splitjax.config import TransferMode, from_config_dict
   from splitjax.sim.sim_config import PoolConfig, SimConfig, design_config_dict
-  _, first, second = design.value
+  _, first, second = design.value          # pools are replaced per layout
   if design.split:
-    cd = design_config_dict(prompt=PoolConfig(1, first), token=PoolConfig(1, second))
+    cd = design_config_dict(prompt=PoolConfig(1, first[0]), token=PoolConfig(1, second[0]))
   else:
-    cd = design_config_dict(colocated=PoolConfig(1, first))
+    cd = design_config_dict(colocated=PoolConfig(1, first[0]))
   cd.workload.trace = trace.value
-  if variant == Variant.SERIAL_TRANSFER:
+  if variant in (Variant.SERIAL_TRANSFER, Variant.PAPER_KV):
     cd.cluster.transfer = TransferMode.SERIALIZED.value
-  elif variant == Variant.NO_GQA_KV:
+  if variant in (Variant.NO_GQA_KV, Variant.PAPER_KV):
     m = cd.model
     head_dim = m.get("head_dim") or m.hidden_size // m.num_heads
     extra = 2 * m.hidden_size * head_dim * (m.num_heads - m.num_kv_heads)
@@ -186,8 +196,9 @@ def run_search(spec: SearchSpec, settings: RunSettings) -> SearchOutcome:
   probe = SimProbe.create(base_sim(spec.trace, spec.design, spec.variant),
                           ProbeSettings(requests=settings.requests, seed=settings.seed))
   thr = spec.budget.kind == BudgetKind.ISO_THROUGHPUT
+  refine = thr or spec.design == PaperDesign.SPLITWISE_ANY
   space = spec.design.space(settings.step, settings.max_machines,
-                            settings.refine_step if thr else 0)
+                            settings.refine_step if refine else 0)
   design = Design.SPLIT if spec.design.split else Design.COLOCATED
   result = search(design, space, spec.budget, probe,
                   bisection=Bisection(tolerance=settings.tolerance), workers=1,
@@ -201,7 +212,7 @@ def run_search(spec: SearchSpec, settings: RunSettings) -> SearchOutcome:
 
 def run_specs(specs: Iterable[SearchSpec], settings: RunSettings,
               progress: Callable[[str], None] | None = None) -> dict[SearchSpec, SearchOutcome]:
-  """Every search, ``settings.workers`` at a time in processes (1: inline)."""
+  """Every search, ``settings.workers`` at a time in spawned processes (1: inline)."""
   import os
   specs = list(dict.fromkeys(specs))
   workers = settings.workers or os.cpu_count() or 1
@@ -217,65 +228,14 @@ def run_specs(specs: Iterable[SearchSpec], settings: RunSettings,
     for s in specs:
       done(run_search(s, settings))
     return out
-  with cf.ProcessPoolExecutor(min(workers, len(specs))) as pool:
+  import multiprocessing as mp
+  with cf.ProcessPoolExecutor(min(workers, len(specs)), mp.get_context("spawn")) as pool:
     for f in cf.as_completed([pool.submit(run_search, s, settings) for s in specs]):
       done(f.result())
   return out
 
 
-# ---------------------------------------------------------------- claims
-
-
-class ClaimKey(enum.Enum):
-  """The paper's headline claims, each with its published value (None: the
-  paper gives no single number) and the unit of the value we compute."""
-  THROUGHPUT_AT_LOWER_COST = ("1.4x throughput at 20% lower cost", 1.4, "x throughput")
-  SAME_COST_AND_POWER = ("2.35x throughput at the same cost and power", 2.35, "x throughput")
-  HHCAP_LOWER_POWER = ("HHcap matches Baseline-H100 throughput at 25% lower power", 0.75,
-                       "x power")
-  CODE_COST_OPTIMAL = ("the cost-optimal HH split at 70 req/s on the code trace", None, "$/h")
-
-  @property
-  def text(self) -> str:
-    return self.value[0]
-
-  @property
-  def paper_value(self) -> float | None:
-    return self.value[1]
-
-  @property
-  def unit(self) -> str:
-    return self.value[2]
-
-
-COST_CUT_TOLERANCE = 0.05     # "20% lower cost": designs costing <= (0.8 + this) x Baseline-H100
 CODE_COST_OPTIMAL_RATE = 70.0  # req/s (x RunSettings.budget_scale)
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-  """One claim: ``our_value`` (None: not computed) from ``basis`` (what was
-  compared, per trace); ``detail``: the numbers behind it."""
-  key: ClaimKey
-  our_value: float | None
-  basis: str
-  detail: str = ""
-  our_label: str = ""        # a layout, for claims whose value is a cluster
-
-  @property
-  def ratio(self) -> float | None:
-    """ours / paper (None: either missing)."""
-    p = self.key.paper_value
-    return self.our_value / p if p and self.our_value is not None else None
-
-  def deviates(self, tolerance: float) -> bool:
-    return self.ratio is not None and abs(self.ratio - 1.0) > tolerance
-
-  def to_dict(self) -> dict:
-    return {"claim": self.key.text, "paper_value": self.key.paper_value,
-            "our_value": self.our_value, "unit": self.key.unit, "ratio": self.ratio,
-            "basis": self.basis, "detail": self.detail, "our_layout": self.our_label}
-
 
 Outcomes = Mapping[SearchSpec, SearchOutcome]
 
@@ -298,99 +258,27 @@ def code_cost_spec(settings: RunSettings, variant: Variant = Variant.OURS) -> Se
                            rate=CODE_COST_OPTIMAL_RATE * settings.budget_scale), variant)
 
 
-def _best(outcomes: Outcomes, spec: SearchSpec) -> LayoutPoint | None:
-  o = outcomes.get(spec)
-  return o.best if o else None
+@dataclasses.dataclass(frozen=True)
+class LengthCheck:
+  """A layout's max rate (req/s) with probes of ``requests`` requests: how much
+  the answer depends on probe length (short probes end before queues settle)."""
+  trace: Trace
+  design: PaperDesign
+  layout: Layout
+  requests: int
+  max_rate: float
 
 
-def _vs_baseline(outcomes: Outcomes, settings: RunSettings, variant: Variant,
-                 baseline: PaperDesign, designs: Iterable[PaperDesign],
-                 cost_limit: float) -> tuple[float | None, str, str]:
-  """Highest iso-power throughput ratio of ``designs`` over ``baseline``
-  among those costing <= ``cost_limit`` x the baseline: (value, winner, detail)."""
-  best, where, parts = None, "", []
-  for trace in settings.traces:
-    base = _best(outcomes, budget_spec(trace, baseline, BudgetKind.ISO_POWER, settings, variant))
-    if not base or base.max_rate <= 0:
-      continue
-    for d in designs:
-      p = _best(outcomes, budget_spec(trace, d, BudgetKind.ISO_POWER, settings, variant))
-      if not p:
-        continue
-      thr, cost = p.max_rate / base.max_rate, p.cost_per_hour_usd / base.cost_per_hour_usd
-      parts.append(f"{trace.value} {d.label} ({p.layout.label}): {thr:.2f}x at {cost:.2f}x cost")
-      if cost <= cost_limit and (best is None or thr > best):
-        best, where = thr, f"{trace.value} {d.label}"
-  return best, where, "; ".join(parts)
+def length_check(trace: Trace, design: PaperDesign, layout: Layout, requests: int,
+                 settings: RunSettings) -> LengthCheck:
+  """``layout``'s max rate at ``requests`` per probe (cached like the searches)."""
+  from pathlib import Path
 
-
-def compute_claims(outcomes: Outcomes, settings: RunSettings,
-                   variant: Variant = Variant.OURS) -> tuple[Claim, ...]:
-  """Every claim from finished searches (a missing search leaves its value None)."""
-  splits = [d for d in PaperDesign if d.split]
-  v1, w1, d1 = _vs_baseline(outcomes, settings, variant, PaperDesign.BASELINE_H100, splits,
-                            0.8 + COST_CUT_TOLERANCE)
-  v2, w2, d2 = _vs_baseline(outcomes, settings, variant, PaperDesign.BASELINE_A100,
-                            [PaperDesign.SPLITWISE_AA], 1.0 + 1e-9)
-  claims = [
-      Claim(ClaimKey.THROUGHPUT_AT_LOWER_COST, v1,
-            f"iso-power: best Splitwise design costing <= {0.8 + COST_CUT_TOLERANCE:.2f}x "
-            f"Baseline-H100, max rate / Baseline-H100's ({w1 or 'none'})", d1),
-      Claim(ClaimKey.SAME_COST_AND_POWER, v2,
-            f"iso-power: Splitwise-AA / Baseline-A100 max rate, same machines so same "
-            f"cost and power ({w2 or 'none'})", d2),
-      _hhcap_claim(outcomes, settings, variant), _code_claim(outcomes, settings, variant)]
-  return tuple(claims)
-
-
-def _hhcap_claim(outcomes: Outcomes, settings: RunSettings, variant: Variant) -> Claim:
-  best, parts = None, []
-  for trace in settings.traces:
-    base = _best(outcomes, budget_spec(trace, PaperDesign.BASELINE_H100, BudgetKind.ISO_POWER,
-                                       settings, variant))
-    cap = _best(outcomes, hhcap_spec(trace, base.max_rate, variant)) if base else None
-    if not (base and cap):
-      continue
-    ratio = cap.power_w / base.power_w
-    parts.append(f"{trace.value}: {cap.layout.label} serves {base.max_rate:.1f} req/s at "
-                 f"{cap.power_w / 1e3:.0f} kW vs {base.power_w / 1e3:.0f} kW ({ratio:.2f}x)")
-    best = ratio if best is None else min(best, ratio)
-  return Claim(ClaimKey.HHCAP_LOWER_POWER, best,
-               "least-power HHcap layout at Baseline-H100's iso-power max rate, power / "
-               "Baseline-H100's (lowest over traces)", "; ".join(parts))
-
-
-def _code_claim(outcomes: Outcomes, settings: RunSettings, variant: Variant) -> Claim:
-  spec = code_cost_spec(settings, variant)
-  p = _best(outcomes, spec)
-  basis = f"least-cost HH layout meeting {spec.budget.rate:g} req/s (code trace)"
-  if not p:
-    return Claim(ClaimKey.CODE_COST_OPTIMAL, None, basis, "not run" if spec not in outcomes
-                 else "no layout met the rate")
-  return Claim(ClaimKey.CODE_COST_OPTIMAL, p.cost_per_hour_usd, basis,
-               f"{p.layout.label}: {p.cost_per_hour_usd:.0f} $/h, {p.power_w / 1e3:.0f} kW, "
-               f"max {p.max_rate:.1f} req/s", p.layout.label)
-
-
-def claim_specs(key: ClaimKey, settings: RunSettings, variant: Variant) -> list[SearchSpec]:
-  """The budget searches a claim needs (HHcap's rate-dependent search aside)."""
-  designs = {ClaimKey.THROUGHPUT_AT_LOWER_COST: list(PaperDesign),
-             ClaimKey.SAME_COST_AND_POWER: [PaperDesign.BASELINE_A100, PaperDesign.SPLITWISE_AA],
-             ClaimKey.HHCAP_LOWER_POWER: [PaperDesign.BASELINE_H100]}.get(key, [])
-  out = [budget_spec(t, d, BudgetKind.ISO_POWER, settings, variant)
-         for t in settings.traces for d in designs]
-  if key == ClaimKey.CODE_COST_OPTIMAL and Trace.CODE in settings.traces:
-    out.append(code_cost_spec(settings, variant))
-  return out
-
-
-def hhcap_specs(outcomes: Outcomes, settings: RunSettings,
-                variant: Variant = Variant.OURS) -> list[SearchSpec]:
-  """The HHcap iso-throughput searches, once Baseline-H100's max rates are known."""
-  out = []
-  for trace in settings.traces:
-    base = _best(outcomes, budget_spec(trace, PaperDesign.BASELINE_H100, BudgetKind.ISO_POWER,
-                                       settings, variant))
-    if base and base.max_rate > 0:
-      out.append(hhcap_spec(trace, base.max_rate, variant))
-  return out
+  from splitjax.provision import max_rate
+  from splitjax.provision_layout import CachedProbe
+  probe = SimProbe.create(base_sim(trace, design),
+                          ProbeSettings(requests=requests, seed=settings.seed))
+  if settings.cache_dir:
+    probe = CachedProbe(probe, Path(settings.cache_dir))
+  bracket = max_rate(layout, probe, Bisection(tolerance=settings.tolerance))
+  return LengthCheck(trace, design, layout, requests, bracket.lower)

@@ -1,4 +1,4 @@
-"""Paper reproduction (splitjax.paper, splitjax.paper_plots) on hand-made search
+"""Paper reproduction (splitjax.paper, paper_claims, paper_plots) on hand-made search
 outcomes: budgets, the modeling variants' configs, every claim's arithmetic,
 the report and the figures. No simulation."""
 
@@ -8,6 +8,7 @@ import math
 import pytest
 
 from splitjax import paper as P
+from splitjax import paper_claims as C
 from splitjax import paper_plots as pp
 from splitjax.config import TransferMode
 from splitjax.provision import BudgetKind, Layout, Pool, prices
@@ -68,46 +69,46 @@ def test_variants_change_only_what_they_name():
 
 
 def test_claims_from_hand_made_outcomes():
-  claims = P.compute_claims(_outcomes(scale_code=0.5), S)
-  assert [c.key for c in claims] == list(P.ClaimKey)
+  claims = C.compute_claims(_outcomes(scale_code=0.5), S)
+  assert [c.key for c in claims] == list(C.ClaimKey)
   # AA costs 70 x 17.6 = 1232 $/h = 0.81 x 1520: the only design in the 20%-cheaper class
   # (HA: 20 x 38 + 35 x 17.6 = 1376 $/h = 0.91x); its 110 / 100 on conv beats 55 / 100 on code.
-  c1 = _claim(claims, P.ClaimKey.THROUGHPUT_AT_LOWER_COST)
+  c1 = _claim(claims, C.ClaimKey.THROUGHPUT_AT_LOWER_COST)
   assert c1.our_value == pytest.approx(1.1) and "conv Splitwise-AA" in c1.basis
   assert c1.ratio == pytest.approx(1.1 / 1.4)
-  c2 = _claim(claims, P.ClaimKey.SAME_COST_AND_POWER)
+  c2 = _claim(claims, C.ClaimKey.SAME_COST_AND_POWER)
   assert c2.our_value == pytest.approx(2.2) and abs(c2.ratio - 1) < 0.2
-  c3 = _claim(claims, P.ClaimKey.HHCAP_LOWER_POWER)      # 20 x 5.6 + 15 x 3.92 = 170.8 kW
+  c3 = _claim(claims, C.ClaimKey.HHCAP_LOWER_POWER)      # 20 x 5.6 + 15 x 3.92 = 170.8 kW
   assert c3.our_value == pytest.approx(170.8 / 224.0)
-  c4 = _claim(claims, P.ClaimKey.CODE_COST_OPTIMAL)
+  c4 = _claim(claims, C.ClaimKey.CODE_COST_OPTIMAL)
   assert c4.our_value == pytest.approx(15 * 38.0) and c4.our_label == "13 dgx-h100 + 2 dgx-h100"
   assert c4.ratio is None and not c4.deviates(0.2)
   assert c1.deviates(0.2) and not c2.deviates(0.2)
 
 
 def test_missing_searches_leave_claims_empty_and_deps_are_listed():
-  claims = P.compute_claims({}, S)
+  claims = C.compute_claims({}, S)
   assert all(c.our_value is None for c in claims)
-  assert "not run" in _claim(claims, P.ClaimKey.CODE_COST_OPTIMAL).detail
-  deps = P.claim_specs(P.ClaimKey.SAME_COST_AND_POWER, S, P.Variant.NO_GQA_KV)
+  assert "not run" in _claim(claims, C.ClaimKey.CODE_COST_OPTIMAL).detail
+  deps = C.claim_specs(C.ClaimKey.SAME_COST_AND_POWER, S, P.Variant.NO_GQA_KV)
   assert {(s.trace, s.design) for s in deps} == {
       (t, d) for t in S.traces for d in (P.PaperDesign.BASELINE_A100, P.PaperDesign.SPLITWISE_AA)}
   assert all(s.variant == P.Variant.NO_GQA_KV for s in deps)
-  assert len(P.hhcap_specs(_outcomes(), S)) == 2
+  assert len(C.hhcap_specs(_outcomes(), S)) == 2
 
 
 def test_report_has_every_claim_and_the_reruns_of_deviating_ones(tmp_path):
   outcomes = _outcomes(scale_code=0.5)
-  claims = P.compute_claims(outcomes, S)
-  reruns = {v: P.compute_claims(outcomes, S) for v in P.Variant if v != P.Variant.OURS}
+  claims = C.compute_claims(outcomes, S)
+  reruns = {v: C.compute_claims(outcomes, S) for v in P.Variant if v != P.Variant.OURS}
   md = pp.render_report(claims, reruns, outcomes, S, ["a.png"])
-  for key in P.ClaimKey:
+  for key in C.ClaimKey:
     assert key.text in md
   table = md.split("## Claims")[1].split("##")[0]
-  assert table.count("\n|") == 2 + len(P.ClaimKey)
+  assert table.count("\n|") == 2 + len(C.ClaimKey)
   reruns_part = md.split("## Where")[1].split("##")[0]
-  assert P.ClaimKey.THROUGHPUT_AT_LOWER_COST.text in reruns_part
-  assert P.ClaimKey.SAME_COST_AND_POWER.text not in reruns_part
+  assert C.ClaimKey.THROUGHPUT_AT_LOWER_COST.text in reruns_part
+  assert C.ClaimKey.SAME_COST_AND_POWER.text not in reruns_part
   assert "KV sized without GQA" in reruns_part and "![a.png](a.png)" in md
   json.dumps([c.to_dict() for c in claims])        # results.json entries serialize
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from splitjax import paper as P
+from splitjax import paper_claims as C
 from splitjax.workload import shared_trace_path
 from tests.scripts.run_script import run_script
 
@@ -32,14 +32,14 @@ def test_reproduce_paper_writes_report_results_and_figures(tmp_path):
   proc = run_script("reproduce_paper.py", *args, timeout=120)
   assert "[12/12]" in proc.stdout and "wrote" in proc.stdout
   md = (out / "report.md").read_text()
-  for key in P.ClaimKey:
+  for key in C.ClaimKey:
     assert key.text in md
   results = json.loads((out / "results.json").read_text())
-  assert [c["claim"] for c in results["claims"]] == [k.text for k in P.ClaimKey]
+  assert [c["claim"] for c in results["claims"]] == [k.text for k in C.ClaimKey]
   assert all({"claim", "paper_value", "our_value"} <= set(c) for c in results["claims"])
   by_key = {c["claim"]: c for c in results["claims"]}
-  assert by_key[P.ClaimKey.SAME_COST_AND_POWER.text]["our_value"] > 0
-  assert by_key[P.ClaimKey.CODE_COST_OPTIMAL.text]["our_value"] is None   # code not run
+  assert by_key[C.ClaimKey.SAME_COST_AND_POWER.text]["our_value"] > 0
+  assert by_key[C.ClaimKey.CODE_COST_OPTIMAL.text]["our_value"] is None   # code not run
   names = results["figures"]
   assert {"throughput_vs_cost.png", "throughput_vs_power.png", "hh_sweep_conv.png",
           "latency_cdf_conv.png"} <= set(names)
