@@ -43,6 +43,8 @@ _BEYOND = flags.DEFINE_bool("beyond", True, "Also search every prompt / token ki
                             "(Splitwise-any, refined grid) at both budgets.")
 _LENGTH = flags.DEFINE_integer("length_requests", 5000, "Also bisect a few iso-power winners "
                                "with probes this long (probe-length check; 0: skip).")
+_SWEEP = flags.DEFINE_bool("hh_sweep", True, "Also bisect Splitwise-HH on a (prompt, token) "
+                           "grid of 2 x step for the heat maps.")
 _RERUNS = flags.DEFINE_bool("reruns", True, "Rerun deviating claims' searches per modeling "
                             "difference.")
 
@@ -126,12 +128,27 @@ def length_checks(outcomes, settings):
                           for n in (settings.requests, _LENGTH.value) for x, b in wins])
 
 
-def figures(outcomes, settings, out: Path) -> list[str]:
+def hh_sweep(settings):
+  """Splitwise-HH max rates on a (prompt, token) grid of 2 x step up to the budget's
+  H100 count per pool, both traces (the heat maps' off-budget cells)."""
+  from splitjax import paper as P
+  from splitjax.provision import Layout, Pool
+  if not _SWEEP.value:
+    return []
+  step = 2 * settings.step
+  top = max(step, round(P.PAPER_H100_MACHINES * settings.budget_scale))
+  counts = range(step, top + 1, step)
+  return _pool(settings, [
+      (P.length_check, t, P.PaperDesign.SPLITWISE_HH, Layout(Pool(p, P.H100), Pool(k, P.H100)),
+       settings.requests, settings) for t in settings.traces for p in counts for k in counts])
+
+
+def figures(outcomes, settings, out: Path, sweep) -> list[str]:
   from splitjax import paper_plots as pp
   made = [pp.plot_throughput_vs(outcomes, settings, m, out / f"throughput_vs_{m}.png")
           for m in ("cost", "power")]
   made += [p for t in settings.traces
-           if (p := pp.plot_hh_heatmap(outcomes, t, out / f"hh_sweep_{t.value}.png"))]
+           if (p := pp.plot_hh_heatmap(outcomes, t, out / f"hh_sweep_{t.value}.png", sweep))]
   trace, runs = latency_runs(outcomes, settings)
   if runs:
     made.append(pp.plot_latency_cdfs(runs, trace, out / f"latency_cdf_{trace.value}.png"))
@@ -154,8 +171,9 @@ def main(argv):
   log = lambda line: print(line, flush=True)
   outcomes, claims, reruns = searches(settings, log)
   checks = length_checks(outcomes, settings)
+  sweep = hh_sweep(settings)
   t1 = time.perf_counter()
-  names = figures(outcomes, settings, out)
+  names = figures(outcomes, settings, out, sweep)
   t2 = time.perf_counter()
   probes = sum(o.probes for o in outcomes.values())
   header = [f"Settings: {settings.requests} requests per probe, grid step {settings.step}, "
@@ -171,6 +189,7 @@ def main(argv):
       "reruns": {v.value: [c.to_dict() for c in cs] for v, cs in reruns.items()},
       "searches": [o.to_dict() for o in outcomes.values()],
       "length_checks": [to_plain_dict(c) for c in checks],
+      "hh_sweep": [to_plain_dict(c) for c in sweep],
       "settings": to_plain_dict(settings), "figures": names,
       "timing": {"searches_s": t1 - t0, "figures_s": t2 - t1, "probes": probes}},
       indent=2))

@@ -56,11 +56,13 @@ def plot_throughput_vs(outcomes: Outcomes, settings: RunSettings, measure: str,
   fig, axes = plt.subplots(1, len(settings.traces), figsize=(5.5 * len(settings.traces), 4),
                            squeeze=False)
   for ax, trace in zip(axes[0], settings.traces):
-    for d in PaperDesign:
+    for d, marker in zip(PaperDesign, "sDo^vP*"):
       pts = [o.best for k in BUDGETS
              if (o := outcomes.get(budget_spec(trace, d, k, settings))) and o.best]
       xs = [p.cost_per_hour_usd if measure == "cost" else p.power_w / 1e3 for p in pts]
-      ax.plot(xs, [p.max_rate for p in pts], "o-" if d.split else "s--", label=d.label)
+      ax.plot(xs, [p.max_rate for p in pts], marker=marker, linestyle="-" if d.split else "--",
+              alpha=0.8, markersize=9 if d.in_paper else 13, label=d.label,
+              zorder=1 if d.in_paper else 0)
     ax.set_title(f"{trace.value} trace: iso-power and iso-cost winners")
     ax.set_xlabel("cost ($/h)" if measure == "cost" else "GPU power (kW)")
     ax.set_ylabel("max throughput under the SLOs (req/s)")
@@ -72,9 +74,10 @@ def plot_throughput_vs(outcomes: Outcomes, settings: RunSettings, measure: str,
   return path
 
 
-def plot_hh_heatmap(outcomes: Outcomes, trace: Trace, path: Path) -> Path | None:
+def plot_hh_heatmap(outcomes: Outcomes, trace: Trace, path: Path,
+                    sweep: Sequence[LengthCheck] = ()) -> Path | None:
   """Max rate per (prompt, token) Splitwise-HH layout bisected in any of the
-  trace's HH searches (blank: not evaluated); None if there is none."""
+  trace's HH searches or in ``sweep`` (blank: not evaluated); None if none."""
   rates: dict[tuple[int, int], float] = {}
   for spec, o in outcomes.items():
     if (spec.trace, spec.design, spec.variant) == (trace, PaperDesign.SPLITWISE_HH,
@@ -82,6 +85,9 @@ def plot_hh_heatmap(outcomes: Outcomes, trace: Trace, path: Path) -> Path | None
       for r in o.rows:
         if r.bisected:
           rates[(r.layout.prompt.machines, r.layout.token.machines)] = r.max_rate
+  for c in sweep:
+    if (c.trace, c.design) == (trace, PaperDesign.SPLITWISE_HH):
+      rates[(c.layout.prompt.machines, c.layout.token.machines)] = c.max_rate
   if not rates:
     return None
   import numpy as np
@@ -211,6 +217,28 @@ def length_table(checks: Sequence[LengthCheck]) -> list[str]:
   return lines
 
 
+def length_verdict(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Claim]],
+                   checks: Sequence[LengthCheck]) -> list[str]:
+  """One sentence: how far probe length moves the ratios vs the largest move of a
+  switched modeling difference on any claim (relative change of our value)."""
+  lengths = sorted({c.requests for c in checks})
+  rate = {(c.design, c.requests): c.max_rate for c in checks}
+  moves = []
+  for a, b in ((PaperDesign.SPLITWISE_AA, PaperDesign.BASELINE_A100),
+               (PaperDesign.SPLITWISE_HH, PaperDesign.BASELINE_H100)):
+    r = [rate.get((a, n), 0) / rate[(b, n)] for n in lengths if rate.get((b, n))]
+    if len(r) == len(lengths) >= 2 and r[0] > 0:
+      moves.append(f"{a.label} / {b.label} {r[0]:.2f} -> {r[-1]:.2f} ({r[-1] / r[0] - 1:+.0%})")
+  if not moves:
+    return []
+  switched = [abs(x.our_value / c.our_value - 1) for v in reruns for x in reruns[v]
+              for c in claims if x.key == c.key and c.our_value and x.our_value is not None]
+  biggest = f"{max(switched):.0%}" if switched else "n/a (no reruns)"
+  return [f"From {lengths[0]} to {lengths[-1]} requests per probe: {'; '.join(moves)}. The "
+          f"largest change of any claim's value from a switched modeling difference: "
+          f"{biggest}."]
+
+
 def render_report(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Claim]],
                   outcomes: Outcomes, settings: RunSettings, figures: Sequence[str],
                   header: Sequence[str] = (), checks: Sequence[LengthCheck] = ()) -> str:
@@ -228,7 +256,9 @@ def render_report(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Cla
          f"Max rates come from probes of ~{settings.requests} Poisson requests: at a few "
          "hundred req/s that is seconds of arrivals, about one conversation request's "
          "decode, so queues may not reach steady state. The same layouts with longer "
-         f"probes ({checks[0].trace.value if checks else 'n/a'} trace):", "",
-         *length_table(checks), "", "## Every design's winner", "", *designs_table(outcomes, settings), "",
+         f"probes ({checks[0].trace.value if checks else 'n/a'} trace; the layouts are "
+         "the short probes' winners, not searched again):", "",
+         *length_table(checks), "", *length_verdict(claims, reruns, checks), "",
+         "## Every design's winner", "", *designs_table(outcomes, settings), "",
          "## Figures", "", *[f"- ![{f}]({f})" for f in figures], ""]
   return "\n".join(out)

@@ -1,7 +1,7 @@
 """scripts/reproduce_paper.py end to end (subprocess) on a tiny instance: the
-paper's budgets x 0.1 (4 DGX-H100 / 7 DGX-A100), 200-request probes, the
-conversation trace only; report.md, results.json and the figures, then a
-cached re-run."""
+paper's budgets x 0.1 (4 DGX-H100 / 7 DGX-A100), 200-request probes (300 for
+the probe-length check), the conversation trace only; report.md, results.json
+and the figures, then a cached re-run."""
 
 import json
 
@@ -27,13 +27,14 @@ pytestmark = pytest.mark.skipif(not _have_data(), reason="needs ../shared/data (
 def test_reproduce_paper_writes_report_results_and_figures(tmp_path):
   out = tmp_path / "paper"
   args = ("--budget_scale=0.1", "--requests=200", "--step=2", "--tolerance=0.2",
-          "--traces=conv", "--workers=2", f"--cache_dir={tmp_path / 'cache'}",
-          f"--output_dir={out}")
+          "--traces=conv", "--length_requests=300", "--workers=2",
+          f"--cache_dir={tmp_path / 'cache'}", f"--output_dir={out}")
   proc = run_script("reproduce_paper.py", *args, timeout=120)
-  assert "[12/12]" in proc.stdout and "wrote" in proc.stdout
+  assert "[14/14]" in proc.stdout and "wrote" in proc.stdout     # 7 designs x 2 budgets
   md = (out / "report.md").read_text()
   for key in C.ClaimKey:
     assert key.text in md
+  assert "300 requests" in md.split("## Probe length")[1]
   results = json.loads((out / "results.json").read_text())
   assert [c["claim"] for c in results["claims"]] == [k.text for k in C.ClaimKey]
   assert all({"claim", "paper_value", "our_value"} <= set(c) for c in results["claims"])
