@@ -139,3 +139,19 @@ def test_probe_length_section_compares_ratios_across_lengths():
   part = md.split("## Probe length")[1].split("##")[0]
   assert "| Splitwise-AA / Baseline-A100 | ratio | 2.00 | 1.50 |" in part
   assert "2.00 -> 1.50 (-25%)" in part and "n/a (no reruns)" in part
+
+
+def test_beyond_claims_compare_splitwise_any_with_the_best_paper_design():
+  outcomes = dict(_outcomes())
+  for trace, rate in ((P.Trace.CONV, 174.0), (P.Trace.CODE, 160.0)):
+    spec = P.budget_spec(trace, P.PaperDesign.SPLITWISE_ANY, BudgetKind.ISO_POWER, S)
+    outcomes[spec] = P.SearchOutcome(spec, _point(Layout(Pool(60, A), Pool(5, CAP)), rate))
+  claims = C.compute_claims(outcomes, S)
+  power = _claim(claims, C.ClaimKey.BEYOND_ISO_POWER)
+  # Best of the six: HH at 150 req/s on both traces; the lower of 174 / 150 and 160 / 150.
+  assert power.our_value == pytest.approx(160.0 / 150.0)
+  assert power.our_label == "60 dgx-a100 + 5 dgx-h100-pcap" and "Splitwise-HH" in power.detail
+  assert _claim(claims, C.ClaimKey.BEYOND_ISO_COST).our_value is None       # not searched
+  any_space = P.PaperDesign.SPLITWISE_ANY.space(5, refine_step=1)
+  assert any_space.prompt_kinds == (H, A) and any_space.token_kinds == (H, A, CAP)
+  assert P.PaperDesign.SPLITWISE_ANY not in P.PAPER_DESIGNS and len(P.PAPER_DESIGNS) == 6
