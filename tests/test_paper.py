@@ -114,6 +114,7 @@ def test_report_has_every_claim_and_the_reruns_of_deviating_ones(tmp_path):
 
 
 def test_figures_are_written(tmp_path):
+  pytest.importorskip("matplotlib", reason="figures need the 'report' extra (matplotlib)")
   outcomes = _outcomes()
   sweep = [P.LengthCheck(P.Trace.CONV, P.PaperDesign.SPLITWISE_HH, Layout(Pool(p, H), Pool(t, H)),
                          2000, 10.0 * p + t) for p in (10, 20) for t in (10, 20)]

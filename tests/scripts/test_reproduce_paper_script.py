@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(not _have_data(), reason="needs ../shared/data (
 
 
 def test_reproduce_paper_writes_report_results_and_figures(tmp_path):
+  pytest.importorskip("matplotlib", reason="figures need the 'report' extra (matplotlib)")
   out = tmp_path / "paper"
   args = ("--budget_scale=0.1", "--requests=200", "--step=2", "--tolerance=0.2",
           "--traces=conv", "--length_requests=300", "--workers=2",
