@@ -40,7 +40,8 @@ _TOLERANCE = flags.DEFINE_float("tolerance", 0.0, "Bisection tolerance (0: the p
 _SCALE = flags.DEFINE_float("budget_scale", 1.0, "x the paper's budgets and the 70 req/s "
                             "(small values for smoke tests).")
 _BEYOND = flags.DEFINE_bool("beyond", True, "Also search every prompt / token kind pair "
-                            "(Splitwise-any, refined grid) at both budgets.")
+                            "(Splitwise-any, refined grid) at both budgets, with the default "
+                            "and with lazy mixed-pool borrowing.")
 _LENGTH = flags.DEFINE_integer("length_requests", 5000, "Also bisect a few iso-power winners "
                                "with probes this long (probe-length check; 0: skip).")
 _SWEEP = flags.DEFINE_bool("hh_sweep", True, "Also bisect Splitwise-HH on a (prompt, token) "
@@ -67,6 +68,10 @@ def searches(settings, log):
   designs = P.PaperDesign if _BEYOND.value else P.PAPER_DESIGNS
   specs = [P.budget_spec(t, d, k, settings) for t in settings.traces for d in designs
            for k in (BudgetKind.ISO_POWER, BudgetKind.ISO_COST)]
+  if _BEYOND.value:
+    specs += [P.budget_spec(t, P.PaperDesign.SPLITWISE_ANY, k, settings,
+                            tuning=P.Tuning.LAZY_BORROW) for t in settings.traces
+              for k in (BudgetKind.ISO_POWER, BudgetKind.ISO_COST)]
   if P.Trace.CODE in settings.traces:
     specs.append(P.code_cost_spec(settings))
   outcomes = P.run_specs(specs, settings, log)

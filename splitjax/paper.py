@@ -85,6 +85,15 @@ class Variant(enum.Enum):
             Variant.PAPER_KV: "both (the paper simulator's KV)"}[self]
 
 
+class Tuning(enum.Enum):
+  """Scheduler settings beyond the paper's (searched for Splitwise-any only)."""
+  DEFAULT = "default"            # borrow a token machine above 4096 pending prompt tokens
+  LAZY_BORROW = "lazy_borrow"    # ... above LAZY_BORROW_PROMPT_TOKENS: fewer TBT-hurting loans
+
+
+LAZY_BORROW_PROMPT_TOKENS = 16384   # mean pending prompt tokens per prompt machine
+
+
 def paper_budget(kind: BudgetKind, scale: float = 1.0) -> Budget:
   """The paper's budget of ``scale`` x 40 DGX-H100: GPU power (W) or $/h."""
   price = machine_price(get_hardware(H100)).times(PAPER_H100_MACHINES)
@@ -101,10 +110,12 @@ class SearchSpec:
   design: PaperDesign
   budget: Budget
   variant: Variant = Variant.OURS
+  tuning: Tuning = Tuning.DEFAULT
 
   def describe(self) -> str:
     return (f"{self.trace.value} {self.design.label} {self.budget.describe()}"
-            + ("" if self.variant == Variant.OURS else f" [{self.variant.value}]"))
+            + ("" if self.variant == Variant.OURS else f" [{self.variant.value}]")
+            + ("" if self.tuning == Tuning.DEFAULT else f" [{self.tuning.value}]"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +144,8 @@ class RunSettings:
 QUICK = RunSettings(requests=1000, step=10, tolerance=0.1, refine_step=0)
 
 
-def base_sim(trace: Trace, design: PaperDesign, variant: Variant = Variant.OURS):
+def base_sim(trace: Trace, design: PaperDesign, variant: Variant = Variant.OURS,
+             tuning: Tuning = Tuning.DEFAULT):
   """The SimConfig a design's probes start from (pools are replaced per layout)."""
   from splitjax.config import TransferMode, from_config_dict
   from splitjax.sim.sim_config import PoolConfig, SimConfig, design_config_dict
@@ -143,6 +155,8 @@ def base_sim(trace: Trace, design: PaperDesign, variant: Variant = Variant.OURS)
   else:
     cd = design_config_dict(colocated=PoolConfig(1, first[0]))
   cd.workload.trace = trace.value
+  if tuning == Tuning.LAZY_BORROW:
+    cd.scheduler.borrow_prompt_tokens = LAZY_BORROW_PROMPT_TOKENS
   if variant in (Variant.SERIAL_TRANSFER, Variant.PAPER_KV):
     cd.cluster.transfer = TransferMode.SERIALIZED.value
   if variant in (Variant.NO_GQA_KV, Variant.PAPER_KV):
@@ -184,6 +198,7 @@ class SearchOutcome:
   def to_dict(self) -> dict:
     s = self.spec
     return {"trace": s.trace.value, "design": s.design.label, "variant": s.variant.value,
+            "tuning": s.tuning.value,
             "budget": s.budget.describe(), "best": self.best.to_dict() if self.best else None,
             "rows": [r.to_dict() for r in self.rows], "probes": self.probes,
             "seconds": self.seconds}
@@ -193,7 +208,7 @@ def run_search(spec: SearchSpec, settings: RunSettings) -> SearchOutcome:
   """One provisioning search, inline (runs in a worker process)."""
   from splitjax.provision import EvalMode
   t0 = time.perf_counter()
-  probe = SimProbe.create(base_sim(spec.trace, spec.design, spec.variant),
+  probe = SimProbe.create(base_sim(spec.trace, spec.design, spec.variant, spec.tuning),
                           ProbeSettings(requests=settings.requests, seed=settings.seed))
   thr = spec.budget.kind == BudgetKind.ISO_THROUGHPUT
   refine = thr or spec.design == PaperDesign.SPLITWISE_ANY
@@ -241,8 +256,8 @@ Outcomes = Mapping[SearchSpec, SearchOutcome]
 
 
 def budget_spec(trace: Trace, design: PaperDesign, kind: BudgetKind, settings: RunSettings,
-                variant: Variant = Variant.OURS) -> SearchSpec:
-  return SearchSpec(trace, design, paper_budget(kind, settings.budget_scale), variant)
+                variant: Variant = Variant.OURS, tuning: Tuning = Tuning.DEFAULT) -> SearchSpec:
+  return SearchSpec(trace, design, paper_budget(kind, settings.budget_scale), variant, tuning)
 
 
 def hhcap_spec(trace: Trace, rate: float, variant: Variant = Variant.OURS) -> SearchSpec:

@@ -4,12 +4,13 @@ markdown report, from ``splitjax.paper`` outcomes and claims (no jax)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from splitjax.paper import (LengthCheck, Outcomes, PaperDesign, RunSettings, Trace, Variant,
-                            base_sim, budget_spec)
+from splitjax.paper import (LengthCheck, Outcomes, PaperDesign, RunSettings, Trace, Tuning,
+                            Variant, base_sim, budget_spec)
 from splitjax.paper_claims import Claim
 from splitjax.provision import BudgetKind, Layout
 from splitjax.provision_layout import ProbeSettings, probe_config
@@ -183,13 +184,10 @@ def designs_table(outcomes: Outcomes, settings: RunSettings) -> list[str]:
   lines = ["| trace | design | budget | winner | max req/s | $/h | kW | probes |",
            "|---|---|---|---|---|---|---|---|"]
   for trace in settings.traces:
-    for d in PaperDesign:
-      for k in BUDGETS:
-        o = outcomes.get(budget_spec(trace, d, k, settings))
-        if not o:
-          continue
-        b = o.best
-        lines.append(f"| {trace.value} | {d.label} | {o.spec.budget.describe()} | "
+    for d, t, k in itertools.product(PaperDesign, Tuning, BUDGETS):
+      if o := outcomes.get(budget_spec(trace, d, k, settings, tuning=t)):
+        b, name = o.best, d.label + ("" if t == Tuning.DEFAULT else f" ({t.value})")
+        lines.append(f"| {trace.value} | {name} | {o.spec.budget.describe()} | "
                      f"{b.layout.label if b else 'none'} | {_num(b.max_rate if b else 0, '.1f')}"
                      f" | {_num(b.cost_per_hour_usd if b else None, '.0f')} | "
                      f"{_num(b.power_w / 1e3 if b else None, '.0f')} | {o.probes} |")

@@ -153,6 +153,14 @@ def test_beyond_claims_compare_splitwise_any_with_the_best_paper_design():
   assert power.our_value == pytest.approx(160.0 / 150.0)
   assert power.our_label == "60 dgx-a100 + 5 dgx-h100-pcap" and "Splitwise-HH" in power.detail
   assert _claim(claims, C.ClaimKey.BEYOND_ISO_COST).our_value is None       # not searched
+  lazy = P.budget_spec(P.Trace.CODE, P.PaperDesign.SPLITWISE_ANY, BudgetKind.ISO_POWER, S,
+                       tuning=P.Tuning.LAZY_BORROW)
+  outcomes[lazy] = P.SearchOutcome(lazy, _point(Layout(Pool(30, H), Pool(10, H)), 180.0))
+  power = _claim(C.compute_claims(outcomes, S), C.ClaimKey.BEYOND_ISO_POWER)
+  assert power.our_value == pytest.approx(174.0 / 150.0)        # code now 180 / 150
+  assert "30 dgx-h100 + 10 dgx-h100 (lazy_borrow mixed pool)" in power.detail
+  base = P.base_sim(P.Trace.CODE, P.PaperDesign.SPLITWISE_ANY, tuning=P.Tuning.LAZY_BORROW)
+  assert base.scheduler.borrow_prompt_tokens == P.LAZY_BORROW_PROMPT_TOKENS
   any_space = P.PaperDesign.SPLITWISE_ANY.space(5, refine_step=1)
   assert any_space.prompt_kinds == (H, A) and any_space.token_kinds == (H, A, CAP)
   assert P.PaperDesign.SPLITWISE_ANY not in P.PAPER_DESIGNS and len(P.PAPER_DESIGNS) == 6
