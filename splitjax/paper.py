@@ -1,10 +1,12 @@
 """Reproducing the Splitwise paper's headline claims by simulation (no jax).
 
-The six designs of the paper (:class:`PaperDesign`) are searched with
+The six designs of the paper (:class:`PaperDesign`, plus Splitwise-any: every
+prompt / token machine kind pair, the search beyond the paper) are searched with
 ``splitjax.provision`` on both Azure traces at the paper's budgets
 (:func:`paper_budget`: iso-power 40 DGX-H100 = 70 DGX-A100 = 224 kW of GPU power,
 iso-cost 40 DGX-H100 = 1520 $/h ~ 86 DGX-A100). Each search is one
-:class:`SearchSpec` (trace, design, budget, modeling :class:`Variant`); its
+:class:`SearchSpec` (trace, design, budget, modeling :class:`Variant`, scheduler
+:class:`Tuning`); its
 outcome is a :class:`SearchOutcome`; :func:`run_specs` runs searches in parallel
 processes (each search inline, its probes cached under ``cache_dir``). The claims
 are ``splitjax.paper_claims``; the figures and the markdown report
@@ -122,7 +124,7 @@ class SearchSpec:
 class RunSettings:
   """How hard to search: ``requests`` per probe, grid ``step`` (machines),
   ``tolerance`` of the max-rate bisection (relative), ``refine_step`` of the
-  iso-throughput searches, ``budget_scale`` x the paper's budgets (and of the
+  iso-throughput and Splitwise-any searches (0: grid only), ``budget_scale`` x the paper's budgets (and of the
   70 req/s of the cost-optimal claim), ``workers`` processes (0: one per CPU)."""
   requests: int = 2000
   step: int = 5
