@@ -1,5 +1,6 @@
 """Run a script in scripts/ as a user would (subprocess from the repo root)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,3 +15,11 @@ def run_script(name: str, *args, check: bool = True, timeout: float = 300):
   if check and proc.returncode != 0:
     raise AssertionError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+def config_of(path: Path):
+  """``get_config()`` of the config file at ``path`` (an ml_collections ConfigDict)."""
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -2,7 +2,6 @@
 results.json, an instant cached re-run, clear errors; every configs/provision/*.py
 parses and spans a non-empty candidate set."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from splitjax.config import from_config_dict
 from splitjax.provision import (BudgetKind, Design, ProvisionConfig, budget_layouts, prices)
-from tests.scripts.run_script import run_script
+from tests.scripts.run_script import config_of, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "provision").glob("[!_]*.py"))
@@ -88,10 +87,7 @@ def test_provision_missing_trace_is_a_clear_error(tmp_path):
 
 
 def _config(path: Path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return from_config_dict(ProvisionConfig, module.get_config())
+  return from_config_dict(ProvisionConfig, config_of(path))
 
 
 def test_the_provision_configs_are_there():

@@ -2,7 +2,6 @@
 writes slowdowns and the SLO verdict, and rejects bad input with a clear message;
 every configs/sim/*.py design builds and runs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from splitjax.sim.hardware import get_hardware
 from splitjax.sim.perf_model import default_profile_path
 from splitjax.sim.sim_config import SimConfig
 from splitjax.workload import shared_trace_path
-from tests.scripts.run_script import run_script
+from tests.scripts.run_script import config_of, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "sim").glob("[!_]*.py"))
@@ -88,10 +87,7 @@ def test_simulate_reference_machine_without_a_profile_is_a_clear_error(tmp_path)
 
 
 def _design(path: Path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_of(path)
 
 
 def test_the_six_designs_of_the_paper_are_there():
