@@ -20,7 +20,6 @@ physical cores, tensor parallelism over virtual devices only adds collectives.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -239,10 +238,7 @@ def main(argv):
   after = bm.check_quiet(1.0)
   print("\n" + after.describe().replace("machine check", "machine check after the run"))
   results["machine_after"] = dataclasses.asdict(after)
-  out = Path(_OUT.value)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=2))
-  print(f"wrote {out}")
+  bm.write_results(_OUT.value, results)
   return 0
 
 

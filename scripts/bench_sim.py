@@ -126,10 +126,7 @@ def main(argv):
                               after=dataclasses.asdict(after) | {"quiet": after.quiet},
                               cpu_count=os.cpu_count()),
                  config=_CONFIG.value, cases=rows)
-  path = Path(_OUT.value)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(results, indent=2))
-  print(f"wrote {path}")
+  bm.write_results(_OUT.value, results)
   return 0
 
 

@@ -9,8 +9,10 @@ ratios to peaks measured in the same run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:                  # the quiet check and best_time need no jax
@@ -59,6 +61,14 @@ def check_quiet(window_s: float = 2.0) -> QuietCheck:
   hz = os.sysconf("SC_CLK_TCK")
   other = max(0, (busy1 - busy0) - (own1 - own0)) / hz / window_s
   return QuietCheck(other, window_s, cores)
+
+
+def write_results(path: str | os.PathLike, results: dict) -> None:
+  """Writes a benchmark's results as indented JSON (creating the folder) and says so."""
+  out = Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=2))
+  print(f"wrote {out}")
 
 
 def best_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

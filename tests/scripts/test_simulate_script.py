@@ -9,6 +9,7 @@ import pytest
 
 from splitjax.config import from_config_dict
 from splitjax.metrics import RequestStatus
+from splitjax.provision_layout import machine_price
 from splitjax.serve_config import ClusterPolicy
 from splitjax.sim import slo
 from splitjax.sim.build import build
@@ -101,8 +102,7 @@ def test_designs_fit_the_iso_power_budget_of_40_dgx_h100(path):
   cfg = from_config_dict(SimConfig, _design(path))
   pools = ([cfg.cluster.prompt, cfg.cluster.token]
            if cfg.scheduler.policy == ClusterPolicy.SPLIT else [cfg.cluster.colocated])
-  gpu_w = lambda hw: hw.devices_per_machine * hw.device_power_w * hw.power_cap_fraction
-  watts = [(p.machines, gpu_w(get_hardware(p.hardware))) for p in pools]
+  watts = [(p.machines, machine_price(get_hardware(p.hardware)).power_w) for p in pools]
   used = sum(n * w for n, w in watts)
   assert 224e3 - max(w for _, w in watts) < used <= 224e3 + 1e-6
   assert cfg.scheduler.mixed_pool == (cfg.scheduler.policy == ClusterPolicy.SPLIT)
