@@ -29,11 +29,12 @@ class KVMemory:
   def __post_init__(self):
     if self.capacity_tokens <= 0 or self.block_tokens <= 0:
       raise ValueError("capacity_tokens and block_tokens must be positive")
+    self._total = self.capacity_tokens // self.block_tokens   # capacity is fixed
     self.notify = lambda: None      # called after every change (Instance change tracking)
 
   @property
   def total_blocks(self) -> int:
-    return self.capacity_tokens // self.block_tokens
+    return self._total
 
   @property
   def used_blocks(self) -> int:
@@ -41,11 +42,11 @@ class KVMemory:
 
   @property
   def free_blocks(self) -> int:
-    return self.total_blocks - self.used_blocks
+    return self._total - self._used
 
   @property
   def used_tokens(self) -> int:
-    return self.used_blocks * self.block_tokens
+    return self._used * self.block_tokens
 
   def blocks_for(self, tokens: int) -> int:
     return -(-tokens // self.block_tokens)
@@ -55,15 +56,15 @@ class KVMemory:
     return self.blocks_for(tokens) <= self.total_blocks
 
   def can_allocate(self, tokens: int) -> bool:
-    return self.blocks_for(tokens) <= self.free_blocks
+    return -(-tokens // self.block_tokens) <= self._total - self._used
 
   def allocate(self, request_id: int, tokens: int) -> None:
     if request_id in self._held:
       raise KVMemoryError(f"request {request_id} already holds KV memory")
-    if not self.can_allocate(tokens):
-      raise KVMemoryError(f"request {request_id} needs {self.blocks_for(tokens)} blocks, "
+    blocks = -(-tokens // self.block_tokens)
+    if blocks > self._total - self._used:
+      raise KVMemoryError(f"request {request_id} needs {blocks} blocks, "
                           f"{self.free_blocks} free")
-    blocks = self.blocks_for(tokens)
     self._held[request_id] = blocks
     self._used += blocks
     self.notify()

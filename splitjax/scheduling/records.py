@@ -271,7 +271,7 @@ class Instance:
     instance whose slots are all taken."""
     kv = self.kv
     load = kv._used * kv.block_tokens + self.incoming.tokens
-    return max(load / (kv.total_blocks * kv.block_tokens),
+    return max(load / (kv._total * kv.block_tokens),
                (len(self.decoding) + len(self.incoming)) / self.decode_slots)
 
   @property

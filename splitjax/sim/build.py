@@ -63,11 +63,15 @@ def build(cfg: SimConfig) -> tuple[Simulator, list[workload.RequestSpec]]:
       hardware[inst.name] = hw
   coord = Coordinator(instances, make_policies(s), max_prompt_tokens=cfg.model.max_seq_len)
 
+  links: dict[tuple[str, str], network.KVLink] = {}
+
   def transfer(r: Request, src: Instance, dst: Instance, prefill_s: float):
-    seconds = network.kv_transfer_exposed_time(
-        cfg.model, r.prompt_tokens, hardware[src.name], hardware[dst.name], prefill_s,
-        c.transfer, c.layerwise_min_tokens)
-    return seconds, network.kv_bytes(cfg.model, r.prompt_tokens)
+    kinds = hardware[src.name], hardware[dst.name]
+    link = links.get((kinds[0].name, kinds[1].name))
+    if link is None:
+      link = links[kinds[0].name, kinds[1].name] = network.KVLink(
+          cfg.model, *kinds, c.transfer, c.layerwise_min_tokens)
+    return link.exposed_time(r.prompt_tokens, prefill_s), link.nbytes(r.prompt_tokens)
 
   perf = {i.name: models[hardware[i.name].name] for i in instances}
   sim = Simulator(coord, perf, transfer, leap=cfg.leap, sample_every_s=cfg.sample_every_s,

@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from splitjax.metrics import GapSample, RequestRecord, RequestStatus, summarize
-from splitjax.runtime.loop import RunResult, admit, pool_sample
+from splitjax.occupancy import pool_sample
+from splitjax.runtime.loop import RunResult, admit
 from splitjax.scheduling.coordinator import Coordinator
 from splitjax.scheduling.records import Instance, Request, Work, WorkKind
 from splitjax.sim.perf_model import PerfModel

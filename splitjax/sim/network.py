@@ -94,10 +94,37 @@ def kv_transfer_exposed_time(model: ModelConfig, prompt_tokens: int, src: Hardwa
   AUTO is layer-wise from ``layerwise_min_tokens`` prompt tokens (the paper's
   choice, also ``EngineConfig.layerwise_min_tokens``), serialized below.
   """
-  nbytes = kv_bytes(model, prompt_tokens)
-  link = link_bytes_per_s(src, dst)
-  layerwise = (mode == TransferMode.LAYERWISE or
-               (mode == TransferMode.AUTO and prompt_tokens >= layerwise_min_tokens))
-  if layerwise:
-    return layerwise_exposed_time(nbytes, model.num_layers, link, prefill_s, latency_s)
-  return transfer_time(nbytes, link, latency_s)
+  return KVLink(model, src, dst, mode, layerwise_min_tokens,
+                latency_s).exposed_time(prompt_tokens, prefill_s)
+
+
+class KVLink:
+  """Prompt-KV transfers from one machine kind to another for one model: what
+  :func:`kv_transfer_exposed_time` and :func:`kv_bytes` compute, with the
+  per-pair constants (bytes per token, link bandwidth, mode) worked out once."""
+
+  def __init__(self, model: ModelConfig, src: Hardware, dst: Hardware,
+               mode: TransferMode = TransferMode.AUTO, layerwise_min_tokens: int = 512,
+               latency_s: float = 0.0):
+    self.bytes_per_token = model.kv_bytes_per_token()
+    self.num_layers = model.num_layers
+    self.link = link_bytes_per_s(src, dst)
+    self.latency_s = latency_s
+    # Prompts of at least this many tokens go layer-wise.
+    self.layerwise_from = (0 if mode == TransferMode.LAYERWISE else
+                           layerwise_min_tokens if mode == TransferMode.AUTO else None)
+
+  def nbytes(self, prompt_tokens: int) -> int:
+    """Bytes of the prompt's KV (GQA-aware), as :func:`kv_bytes`."""
+    if prompt_tokens < 0:
+      raise NetworkError(f"tokens must be >= 0, got {prompt_tokens}")
+    return prompt_tokens * self.bytes_per_token
+
+  def exposed_time(self, prompt_tokens: int, prefill_s: float) -> float:
+    """Seconds from the prefill's end until the KV is on the destination."""
+    nbytes = self.nbytes(prompt_tokens)
+    start = self.layerwise_from
+    if start is not None and prompt_tokens >= start:
+      return layerwise_exposed_time(nbytes, self.num_layers, self.link, prefill_s,
+                                    self.latency_s)
+    return transfer_time(nbytes, self.link, self.latency_s)
