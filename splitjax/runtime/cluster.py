@@ -26,6 +26,8 @@ from splitjax.model.params import ModelDefs, Params
 from splitjax.runtime.clock import WallClock
 from splitjax.runtime.jax_executor import JaxExecutor, Replica
 from splitjax.runtime.loop import RunResult, replay
+from splitjax.runtime.online import OnlineEngine
+from splitjax.runtime.online_types import EngineObserver, ModelLimits, OnlineLimits
 from splitjax.scheduling.coordinator import (Coordinator, home_roles, make_instances,
                                              make_policies)
 from splitjax.scheduling.records import Request, Role
@@ -107,6 +109,24 @@ class Cluster:
       raise RuntimeError(f"{len(bad)} prompts did not complete, e.g. request "
                          f"{bad[0].request_id}: {bad[0].status.value}: {bad[0].reason}")
     return [r.token_ids for r in result.records]
+
+  @property
+  def model_limits(self) -> ModelLimits:
+    """What one request may ask of this cluster (vocabulary, prompt, context)."""
+    return ModelLimits(self.engines[0].model.vocab_size, self.max_prompt_tokens,
+                       self.max_request_tokens)
+
+  def online(self, limits: OnlineLimits = OnlineLimits(),
+             observer: EngineObserver | None = None) -> OnlineEngine:
+    """An online engine over this cluster (fresh scheduling state and decode
+    states; weights and compiled programs shared). Call ``start()`` on it."""
+    coord = Coordinator(self._instances(), make_policies(self.cfg.scheduler),
+                        self.max_prompt_tokens)
+    replicas = self._replicas()
+    return OnlineEngine(
+        coord, lambda ids, sampling: JaxExecutor(replicas, ids, self.cfg.cluster.transfer,
+                                                 sampling=sampling),
+        self.model_limits, limits, observer)
 
   # ------------------------------------------------------------------ warm-up
   def warmup(self, prompt_lengths: Iterable[int]) -> tuple[int, float]:

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from splitjax import transfer
-from splitjax.config import TransferMode
+from splitjax.config import SamplingConfig, TransferMode
 from splitjax.engine.chunked import ChunkSpec
 from splitjax.engine.engine import Engine, PromptError
 from splitjax.engine.types import DecodeState, KVLayoutError, Prefix
@@ -76,13 +76,17 @@ class JaxExecutor:
   """Runs Work on replicas; see the module docstring.
 
   prompt_ids(request) -> the request's prompt token ids.
+  sampling(request) -> its SamplingConfig (None: every request greedy); applied
+    to the first token (prefill / last chunk) and carried into the decode slot.
   poll_s: how long the driver sleeps between readiness polls while busy.
   """
 
   def __init__(self, replicas: list[Replica], prompt_ids: Callable[[Request], list[int]],
-               transfer_mode: TransferMode = TransferMode.AUTO, poll_s: float = 0.002):
+               transfer_mode: TransferMode = TransferMode.AUTO, poll_s: float = 0.002,
+               sampling: Callable[[Request], SamplingConfig] | None = None):
     self.replicas = {r.name: r for r in replicas}
     self.prompt_ids, self.mode, self.poll_s = prompt_ids, transfer_mode, poll_s
+    self.sampling = sampling
     self._flights: list[_Flight] = []
     self._transfers: list[_Transfer] = []
     self._failed: list[Event] = []
@@ -110,7 +114,8 @@ class JaxExecutor:
   def _launch_prefill(self, rep: Replica, work: Work) -> _Flight:
     eng = rep.engine
     prompts = [self.prompt_ids(r) for r in work.prefill]
-    batch = eng.make_batch(prompts)
+    sampling = [self.sampling(r) for r in work.prefill] if self.sampling else None
+    batch = eng.make_batch(prompts, sampling)
     layerwise = bool(work.transfers) and transfer.use_layerwise(
         self.mode, max(len(p) for p in prompts), eng.cfg.layerwise_min_tokens)
     prefix = eng.prefill(rep.params, batch, rep.next_key(), layerwise=layerwise)
@@ -146,7 +151,8 @@ class JaxExecutor:
       ids = self.prompt_ids(r)[c.start:c.end]
       if c.last:
         last_rows[r.request_id] = len(specs)
-      specs.append(ChunkSpec(slot=r.slot, tokens=ids, start=c.start, last=c.last))
+      sp = self.sampling(r) if self.sampling and c.last else None
+      specs.append(ChunkSpec(slot=r.slot, tokens=ids, start=c.start, last=c.last, sampling=sp))
     chunks = eng.make_chunks(specs)
     rep.state, tok, first = eng.mixed_step(rep.params, rep.state, chunks, rep.next_key())
     for c in work.chunks:
@@ -178,6 +184,9 @@ class JaxExecutor:
     return events
 
   def release(self, request: Request) -> None:
+    """Drops the request's decode slot, arrived KV and pending transfers (so no
+    TransferDone follows; a copy already in flight is simply discarded)."""
+    self._transfers = [t for t in self._transfers if t.request is not request]
     for rep in self.replicas.values():
       rep.arrived.pop(request.request_id, None)
       slot = rep.slot_of.pop(request.request_id, None)

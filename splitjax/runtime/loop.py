@@ -61,8 +61,10 @@ class RunResult:
     return d
 
 
-class _Run:
-  """State of one replay (the loop body is split into small steps)."""
+class Run:
+  """State of one driver run (the loop body is split into small steps); replay()
+  and the online driver (runtime.online) share it. Subclasses hook :meth:`emit`
+  and :meth:`_end`."""
 
   def __init__(self, coord: Coordinator, executor: Executor, specs: Sequence[RequestSpec],
                clock, sample_every_s: float):
@@ -86,23 +88,35 @@ class _Run:
   def apply(self, events) -> None:
     for ev in events:
       if isinstance(ev, WorkDone):
-        done = self.coord.complete(ev.work)
-        for r in done.emitted:
-          rec = self.records[r.request_id]
-          rec.add_token(ev.at_s)
-          rec.token_ids.append(int(ev.tokens[r.request_id]))
-        for r in done.finished:
-          self._end(r, RequestStatus.COMPLETED)
+        self.work_done(ev)
       elif isinstance(ev, TransferDone):
-        rec = self.records[ev.request.request_id]
-        rec.transfer_bytes += ev.nbytes
-        rec.transfer_s += max(0.0, ev.at_s - rec.first_token_s)
-        if ev.request.phase == Phase.TRANSFERRING:
-          self.coord.transfer_done(ev.request)
+        self.transfer_landed(ev)
       elif isinstance(ev, WorkFailed):
         ev.work.instance.busy = False
         for r in _requests_of(ev.work):
           self._fail(r, ev.reason)
+
+  def work_done(self, ev: WorkDone) -> None:
+    done = self.coord.complete(ev.work)
+    for r in done.emitted:
+      self.emit(r, int(ev.tokens[r.request_id]), ev.at_s)
+    for r in done.finished:
+      rec = self.records.get(r.request_id)
+      if rec is not None and rec.status == RequestStatus.PENDING:   # not ended by emit
+        self._end(r, RequestStatus.COMPLETED)
+
+  def emit(self, r: Request, token: int, at_s: float) -> None:
+    """``r`` emitted ``token`` at ``at_s`` (drivers may end ``r`` here)."""
+    rec = self.records[r.request_id]
+    rec.add_token(at_s)
+    rec.token_ids.append(token)
+
+  def transfer_landed(self, ev: TransferDone) -> None:
+    rec = self.records[ev.request.request_id]
+    rec.transfer_bytes += ev.nbytes
+    rec.transfer_s += max(0.0, ev.at_s - rec.first_token_s)
+    if ev.request.phase == Phase.TRANSFERRING:
+      self.coord.transfer_done(ev.request)
 
   def launch(self, now: float) -> bool:
     launched = False
@@ -116,6 +130,17 @@ class _Run:
       for r in list(work.prefill) + [c.request for c in work.chunks if c.start == 0]:
         self.records[r.request_id].scheduled_s = now
       self.ex.launch(work, now)
+    return launched
+
+  def advance(self, now: float) -> bool:
+    """One pass after admission: executor events, pool rebalancing, new work on
+    every idle instance, an occupancy sample. Returns whether work launched."""
+    self.apply(self.ex.poll(now))
+    self.coord.rebalance()
+    launched = self.launch(now)
+    while self.coord.rebalance():     # new work can move the pool: settle it
+      launched = self.launch(now) or launched
+    self.sample(now)
     return launched
 
   def sample(self, now: float) -> None:
@@ -191,17 +216,12 @@ def replay(coord: Coordinator, executor: Executor, specs: Sequence[RequestSpec],
   FAILED (with the reason); none is dropped. ``progress(ended, total)`` is
   called whenever requests end.
   """
-  run = _Run(coord, executor, specs, clock, sample_every_s)
+  run = Run(coord, executor, specs, clock, sample_every_s)
   total, ended = len(specs), -1
   while True:
     now = clock.now()
     run.admit_arrivals(now)
-    run.apply(executor.poll(now))
-    coord.rebalance()
-    launched = run.launch(now)
-    while coord.rebalance():     # new work can move the pool: settle it
-      launched = run.launch(now) or launched
-    run.sample(now)
+    launched = run.advance(now)
     if progress is not None and run.ended != ended:
       ended = run.ended
       progress(ended, total)
