@@ -78,13 +78,15 @@ class Variant(enum.Enum):
   SERIAL_TRANSFER = "serial"      # every KV cache sent after its prefill (one copy)
   NO_GQA_KV = "no_gqa_kv"         # KV sized with num_kv_heads = num_heads (8x for Llama2-70B)
   PAPER_KV = "paper_kv"           # both: 8x the KV bytes, each sent after its prefill
+  BATCH_DECODE = "batch_decode"   # decode step time by batch size alone (context ignored)
 
   @property
   def description(self) -> str:
     return {Variant.OURS: "our model",
             Variant.SERIAL_TRANSFER: "KV sent serially after each prefill",
             Variant.NO_GQA_KV: "KV sized without GQA (8x larger)",
-            Variant.PAPER_KV: "both (the paper simulator's KV)"}[self]
+            Variant.PAPER_KV: "both (the paper simulator's KV)",
+            Variant.BATCH_DECODE: "decode priced by batch size alone"}[self]
 
 
 class Tuning(enum.Enum):
@@ -150,7 +152,7 @@ def base_sim(trace: Trace, design: PaperDesign, variant: Variant = Variant.OURS,
              tuning: Tuning = Tuning.DEFAULT):
   """The SimConfig a design's probes start from (pools are replaced per layout)."""
   from splitjax.config import TransferMode, from_config_dict
-  from splitjax.sim.sim_config import PoolConfig, SimConfig, design_config_dict
+  from splitjax.sim.sim_config import DecodeModel, PoolConfig, SimConfig, design_config_dict
   _, first, second = design.value          # pools are replaced per layout
   if design.split:
     cd = design_config_dict(prompt=PoolConfig(1, first[0]), token=PoolConfig(1, second[0]))
@@ -161,6 +163,8 @@ def base_sim(trace: Trace, design: PaperDesign, variant: Variant = Variant.OURS,
     cd.scheduler.borrow_prompt_tokens = LAZY_BORROW_PROMPT_TOKENS
   if variant in (Variant.SERIAL_TRANSFER, Variant.PAPER_KV):
     cd.cluster.transfer = TransferMode.SERIALIZED.value
+  if variant == Variant.BATCH_DECODE:
+    cd.cluster.decode_model = DecodeModel.BATCH_ONLY.value
   if variant in (Variant.NO_GQA_KV, Variant.PAPER_KV):
     m = cd.model
     head_dim = m.get("head_dim") or m.hidden_size // m.num_heads

@@ -247,9 +247,8 @@ def render_report(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Cla
          "Each deviating claim recomputed with one modeling difference switched to the "
          "paper simulator's (the searches it depends on rerun):", "",
          *reruns_table(claims, reruns, settings.deviation), "",
-         "Not switchable with the current simulator (not measured): decode time from batch "
-         "size alone (ours adds a context term fitted to the profile), and the power budget "
-         "left unenforced at run time (both searches here only size clusters by GPU power).",
+         "Not switchable (not measured): the power budget left unenforced at run time "
+         "(both simulators only size clusters by GPU power).",
          "", "## Probe length", "",
          f"Max rates come from probes of ~{settings.requests} Poisson requests: at a few "
          "hundred req/s that is seconds of arrivals, about one conversation request's "

@@ -13,7 +13,7 @@ from splitjax.sim.driver import Simulator
 from splitjax.sim.hardware import Hardware, get_hardware
 from splitjax.sim.perf_model import PerfModel, ProfilePerfModel
 from splitjax.sim.roofline import RooflineModel
-from splitjax.sim.sim_config import PerfModelKind, SimConfig
+from splitjax.sim.sim_config import DecodeModel, PerfModelKind, SimConfig
 
 
 def kv_capacity_tokens(cfg: SimConfig, hw: Hardware) -> int:
@@ -41,7 +41,8 @@ def perf_model(cfg: SimConfig, hw: Hardware) -> PerfModel:
     return RooflineModel(cfg.model, hw, tp=hw.devices_per_machine)
   return ProfilePerfModel.from_csv(c.profile_path or None, model=cfg.model.name,
                                    hardware=hw.device_name, tp=hw.devices_per_machine,
-                                   machine=hw)
+                                   machine=hw,
+                                   batch_only_decode=c.decode_model == DecodeModel.BATCH_ONLY)
 
 
 def build(cfg: SimConfig) -> tuple[Simulator, list[workload.RequestSpec]]:

@@ -243,7 +243,10 @@ class ProfilePerfModel:
   Decode: a + b x batch + c x sum(context), fitted (see :func:`fit_decode`);
   the paper's simulator used batch size alone. The context term is identified
   by batch-1 rows only (contexts 192..8256); the profile has no large batch
-  with long contexts.
+  with long contexts. With ``decode_by_batch`` set (``decode_by="batch_only"``
+  in :meth:`from_csv`), a step costs the profile's mean token time at its batch
+  size instead, whatever the contexts (piecewise-linear over batch size, as the
+  paper's simulator), and mixed steps drop their context terms.
   """
   model_name: str
   device_name: str
@@ -255,23 +258,28 @@ class ProfilePerfModel:
   decode_fit_rms: float
   decode_fit_max: float
   phase_power: PhasePower
+  decode_by_batch: Curve | None = None       # batch size -> step seconds (batch-only decode)
 
   @classmethod
   def from_csv(cls, path: str | os.PathLike | None = None, model: str = "llama2-70b",
                hardware: str = "a100-80gb", tp: int = 8,
-               machine: Hardware | None = None) -> ProfilePerfModel:
+               machine: Hardware | None = None,
+               batch_only_decode: bool = False) -> ProfilePerfModel:
     """Builds the model from the profile CSV (default :func:`default_profile_path`).
 
     ``hardware`` is the profile's device name; ``machine`` defaults to the
     catalog entry with that device. tp=8 is one whole DGX, as in the paper.
+    ``batch_only_decode``: price decode steps by batch size alone (the paper
+    simulator's choice, for comparison).
     """
     points = read_profile(path if path is not None else default_profile_path(),
                           model, hardware, tp)
     machine = machine if machine is not None else hardware_for_device(hardware)
     single, batched = _prefill_knots(points)
     coef, rms, worst = fit_decode(points)
+    by_batch = Curve.through(_decode_by_batch(points)) if batch_only_decode else None
     return cls(model, hardware, tp, machine, Curve.through(single),
-               Curve.through(batched), coef, rms, worst, _measured_power(points))
+               Curve.through(batched), coef, rms, worst, _measured_power(points), by_batch)
 
   def prefill_time(self, prompt_lens: Sequence[int]) -> float:
     lens = _lengths("prompt lengths", prompt_lens, 1)
@@ -290,12 +298,16 @@ class ProfilePerfModel:
   def decode_step_time(self, batch: int, context_sum: int) -> float:
     if batch <= 0:
       return 0.0
+    if self.decode_by_batch is not None:
+      return self.decode_by_batch(batch)
     a, b, c = self.decode_coef
     return a + b * batch + c * context_sum
 
   def decode_step_times(self, batch: int, context_sums: np.ndarray) -> np.ndarray:
     if batch <= 0:
       return np.zeros(len(context_sums))
+    if self.decode_by_batch is not None:
+      return np.full(len(context_sums), self.decode_by_batch(batch))
     a, b, c = self.decode_coef
     return a + b * batch + c * np.asarray(context_sums, np.float64)
 
@@ -311,7 +323,7 @@ class ProfilePerfModel:
     parts = _chunks(chunks)
     if not parts:
       return self.decode_time(ctx)
-    c = self.decode_coef[2]
+    c = self.decode_coef[2] if self.decode_by_batch is None else 0.0
     tokens = len(ctx) + sum(n for _, n in parts)
     rows = len(ctx) + len(parts)
     prefill = self.single(tokens) if rows == 1 else self.batched_time(tokens)
@@ -334,6 +346,14 @@ def _prefill_knots(points: Sequence[ProfilePoint]) -> tuple[dict, dict]:
   first = min(batched, default=math.inf)
   batched.update({x: y for x, y in single.items() if x < first})
   return single, batched
+
+
+def _decode_by_batch(points: Sequence[ProfilePoint]) -> dict[float, float]:
+  """Batch size -> mean token seconds over every profiled prompt / output size."""
+  by = collections.defaultdict(list)
+  for p in points:
+    by[p.batch_size].append(p.token_s)
+  return {float(b): float(np.mean(v)) for b, v in by.items()}
 
 
 def _measured_power(points: Sequence[ProfilePoint]) -> PhasePower:

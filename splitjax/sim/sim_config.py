@@ -15,6 +15,12 @@ class PerfModelKind(enum.Enum):
   ROOFLINE = "roofline"   # FLOPs and bytes of the model on the machine kind
 
 
+class DecodeModel(enum.Enum):
+  """How a profile prices a decode step."""
+  CONTEXT = "context"        # a + b x batch + c x sum(context): ours
+  BATCH_ONLY = "batch_only"  # the profile's token time by batch size alone (the paper's simulator)
+
+
 @dataclasses.dataclass(frozen=True)
 class PoolConfig:
   """``machines`` identical machines of catalog kind ``hardware``; one model
@@ -31,6 +37,7 @@ class SimClusterConfig:
   token: PoolConfig = PoolConfig(15)
   colocated: PoolConfig = PoolConfig(40)
   perf_model: PerfModelKind = PerfModelKind.PROFILE
+  decode_model: DecodeModel = DecodeModel.CONTEXT     # profile perf models only
   profile_path: str = ""           # "" -> ../shared/data/splitwise-profiles/perf_model.csv
   transfer: TransferMode = TransferMode.AUTO
   layerwise_min_tokens: int = 512
@@ -49,6 +56,10 @@ class SimClusterConfig:
       raise ConfigError("cluster.kv_capacity_tokens must be >= 0 (0: from memory)")
     if self.max_batch <= 0 or self.layerwise_min_tokens <= 0:
       raise ConfigError("cluster.max_batch and cluster.layerwise_min_tokens must be positive")
+    if (self.decode_model == DecodeModel.BATCH_ONLY
+        and self.perf_model != PerfModelKind.PROFILE):
+      raise ConfigError("cluster.decode_model=batch_only prices decode from a profile's "
+                        "token times: it needs cluster.perf_model=profile")
     for name in ("prompt", "token", "colocated"):
       if getattr(self, name).machines < 0:
         raise ConfigError(f"cluster.{name}.machines must be >= 0")

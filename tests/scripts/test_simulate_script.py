@@ -160,3 +160,20 @@ def test_explicit_kv_capacity_is_used_and_checked():
   c.cluster.kv_capacity_tokens = 10**9
   with pytest.raises(ConfigError, match="kv_capacity_tokens=1000000000 needs"):
     kv_capacity_tokens(from_config_dict(SimConfig, c), hw)
+
+
+def test_batch_only_decode_ignores_context_and_needs_a_profile():
+  """The paper simulator's decode model, switchable for comparison: the same
+  requests decode in the same time whatever their contexts."""
+  from splitjax.config import ConfigError
+  c = _design(ROOT / "configs" / "sim" / "splitwise_hh.py")
+  c.workload.max_requests = 300
+  c.cluster.decode_model = "batch_only"
+  sim, specs = build(from_config_dict(SimConfig, c))
+  perf = sim.perf["token0"]
+  assert perf.decode_time([100] * 8) == perf.decode_time([8000] * 8)
+  result = sim.run(specs)
+  assert result.summary.completed == len(specs)
+  c.cluster.perf_model = "roofline"
+  with pytest.raises(ConfigError, match="decode_model=batch_only .* needs cluster.perf_model=profile"):
+    from_config_dict(SimConfig, c)

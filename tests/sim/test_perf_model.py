@@ -142,6 +142,26 @@ def test_repeats_are_averaged_and_extrapolation_is_linear(synthetic):
   assert synthetic.prefill_time([300, 300, 200]) == pytest.approx(0.200)
 
 
+@pytest.fixture()
+def synthetic_batch_only(tmp_path):
+  return ProfilePerfModel.from_csv(_write_profile(tmp_path / "p.csv", SYNTHETIC), "m",
+                                   "a100-80gb", tp=8, batch_only_decode=True)
+
+
+def test_batch_only_decode_is_the_mean_token_time_by_batch_size(synthetic_batch_only):
+  m = synthetic_batch_only
+  # batch 1: rows of 10, 10, 10.5, 11 ms (repeats of one point averaged first)
+  one = (10.0 + 10.5 + 11.0) / 3 / 1e3
+  assert m.decode_time([50]) == m.decode_time([5000]) == pytest.approx(one)
+  assert m.decode_time([1, 1]) == pytest.approx(0.012)
+  assert m.decode_time([9000] * 4) == pytest.approx(0.014)
+  assert m.decode_time([1, 2, 3]) == pytest.approx(0.013)       # between batch 2 and 4
+  assert m.decode_step_times(4, np.array([4.0, 1e6])).tolist() == [m.decode_step_time(4, 4)] * 2
+  # Mixed steps lose their context terms; prefill is untouched.
+  assert m.mixed_time([100, 9000], [(500, 100)]) == m.mixed_time([1, 1], [(0, 100)])
+  assert m.prefill_time([300]) == pytest.approx(0.060)
+
+
 def test_measured_power_fractions(synthetic):
   pp = synthetic.phase_power        # medians over points; zeros are "not measured"
   assert (pp.prefill, pp.decode, pp.mixed) == pytest.approx((0.95, 0.45, 0.95))
@@ -183,6 +203,7 @@ ROOFLINES = {
 def _models(request):
   models = dict(ROOFLINES)
   models["synthetic"] = request.getfixturevalue("synthetic")
+  models["synthetic-batch-only"] = request.getfixturevalue("synthetic_batch_only")
   if PROFILE.exists():
     models["a100-profile"] = request.getfixturevalue("a100")
   return models
