@@ -288,8 +288,11 @@ class OnlineEngine:
 
   @property
   def snapshot(self) -> EngineSnapshot:
-    """Occupancy as of the last sample (at most ``sample_every_s`` old)."""
-    return self._snapshot
+    """Occupancy as of the last sample (at most ``sample_every_s`` old while the
+    engine runs); the admission counts ``waiting`` / ``open`` are current."""
+    with self._gate.lock:
+      waiting, open_ = self._gate.waiting, self._gate.open
+    return dataclasses.replace(self._snapshot, waiting=waiting, open=open_)
 
   @property
   def alive(self) -> bool:

@@ -156,7 +156,10 @@ class _Completions:
     return req
 
   def _generation(self, req: proto.CompletionRequest) -> Generation:
-    ids = self.tok.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
+    try:
+      ids = self.tok.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
+    except Exception as e:       # tokenizers raise their own types
+      raise HTTPError(400, f"the prompt cannot be tokenized: {e}", param="prompt") from None
     if not ids:
       raise HTTPError(400, "the prompt encodes to no tokens", param="prompt")
     limit = self.engine.model.max_context_tokens

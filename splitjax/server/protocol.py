@@ -85,6 +85,11 @@ class CompletionRequest(BaseModel):
       v = v[0]
     if len(v) == 0:
       raise ValueError("the prompt is empty")
+    if isinstance(v, str):
+      try:
+        v.encode("utf-8")
+      except UnicodeEncodeError as e:
+        raise ValueError(f"the prompt is not valid Unicode ({e.reason} at {e.start})") from None
     return v
 
   @property
