@@ -9,6 +9,12 @@ DIR/config.json, and prints a table.
 ``--checkpoint DIR`` loads a Hugging Face Llama or splitjax checkpoint; without it the
 config's preset gets random weights (prompts are random ids, outputs forced to the
 trace's lengths, as in the Splitwise paper).
+
+  python scripts/serve.py --config configs/split.py --http_port 8000
+
+serves the cluster over HTTP instead (OpenAI-compatible /v1/completions, /v1/models,
+/health, /metrics; the ``server`` extra) until interrupted; the workload is not used.
+Text prompts use the checkpoint's tokenizer.json, else UTF-8 bytes as token ids.
 """
 
 from __future__ import annotations
@@ -30,6 +36,17 @@ _DEVICES = flags.DEFINE_integer("num_cpu_devices", 8, "Virtual CPU devices (CPU 
 _WARMUP = flags.DEFINE_bool("warmup", True, "Compile the workload's programs before the clock "
                             "starts.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+_HTTP_PORT = flags.DEFINE_integer("http_port", None, "Serve over HTTP on this port instead of "
+                                  "replaying the workload.")
+_HTTP_HOST = flags.DEFINE_string("http_host", "127.0.0.1", "Address the HTTP server binds.")
+_MAX_WAITING = flags.DEFINE_integer("max_waiting", 64, "HTTP: accepted requests without a "
+                                    "first token before new ones get 429.")
+_MAX_OPEN = flags.DEFINE_integer("max_open", 256, "HTTP: unfinished requests before new ones "
+                                 "get 429.")
+_MODEL_NAME = flags.DEFINE_string("model_name", None, "HTTP: the model id clients send "
+                                  "(default: the config's model name).")
+_HARDWARE = flags.DEFINE_string("hardware", "cpu-host", "HTTP: catalog machine whose power and "
+                                "price the energy / cost counters use ('' for none).")
 _CACHE = flags.DEFINE_string("compilation_cache_dir", cli.repo_path(".cache", "jax"),
                              "Persistent XLA compilation cache ('' to disable): a re-run "
                              "skips compiling.")
@@ -78,10 +95,16 @@ def main(argv):
     defs, params, model = load_model(_CHECKPOINT.value, cfg.model, cfg.seed)
     cfg = dataclasses.replace(cfg, model=model)
     cluster = Cluster(cfg, defs, params)
-    specs = workload.build(cfg.workload, cluster.max_request_tokens)
+    if _HTTP_PORT.value is not None:
+      from splitjax.server.tokenizer import load_tokenizer
+      tokenizer = load_tokenizer(_CHECKPOINT.value, model.vocab_size)
+    else:
+      specs = workload.build(cfg.workload, cluster.max_request_tokens)
   except (ConfigError, CheckpointError, workload.TraceError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if _HTTP_PORT.value is not None:
+    return _serve_http(cluster, tokenizer)
   meshes = instance_mesh_configs(cfg)
   print(f"model {model.name}: {model.num_layers} layers, {model.param_count() / 1e6:.1f}M params; "
         f"policy {cfg.scheduler.policy.value}"
@@ -106,6 +129,34 @@ def main(argv):
   write_token_times_jsonl(result.records, out / "token_times.jsonl")
   print(report.summary_table(summary))
   print(f"wrote {out}/summary.json, requests.csv, token_times.jsonl, timeline.csv, config.json")
+  return 0
+
+
+def _serve_http(cluster, tokenizer) -> int:
+  """Warm up every prompt bucket, then serve HTTP until interrupted."""
+  import uvicorn
+
+  from splitjax.runtime.online_types import OnlineLimits
+  from splitjax.server.launch import build_server, uvicorn_config
+  from splitjax.server.metrics import host_rates
+  from splitjax.sim.hardware import get_hardware
+
+  rates = None
+  if _HARDWARE.value:
+    hw = get_hardware(_HARDWARE.value)
+    rates = host_rates(cluster.names, hw.machine_power_w, hw.cost_per_hour_usd)
+  server = build_server(cluster, tokenizer, model_name=_MODEL_NAME.value, rates=rates,
+                        limits=OnlineLimits(_MAX_WAITING.value, _MAX_OPEN.value))
+  n, secs = cluster.warmup(cluster.cfg.engine.prefill_buckets)
+  print(f"warm-up: programs for {n} prompt buckets compiled in {secs:.1f} s")
+  print(f"serving {server.model_name!r} on http://{_HTTP_HOST.value}:{_HTTP_PORT.value}/v1 "
+        f"(tokenizer {tokenizer.name}; context {cluster.max_request_tokens} tokens)", flush=True)
+  server.engine.start()
+  try:
+    uvicorn.Server(uvicorn_config(server.app, _HTTP_HOST.value, _HTTP_PORT.value,
+                                  log_level="info")).run()
+  finally:
+    server.engine.stop()
   return 0
 
 
