@@ -97,6 +97,10 @@ def supervise(procs: list[subprocess.Popen], lock: threading.Lock) -> int:
         reported.add(i)
         with lock:
           print(f"[launch] p{i} {describe(rc)}", flush=True)
+        if i == 0:
+          with lock:
+            print("[launch] p0 hosts the coordination service: the others cannot go on "
+                  "without it (JAX ends them)", flush=True)
         if first_failure is None:
           first_failure = exit_code(rc)
           stop_at = now + _GRACE.value

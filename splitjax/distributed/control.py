@@ -209,10 +209,19 @@ class Control:
       time.sleep(0.002)
 
   def finish(self, timeout_s: float = 60.0) -> None:
-    """Successful end: the service's own barrier (every process has finished
-    reading), heartbeats stopped, then ``jax.distributed.shutdown``."""
+    """Successful end: a barrier (every process has finished reading), then
+    ``jax.distributed.shutdown``, process 0 last: it hosts the service, and a
+    process still disconnecting when the service goes away is aborted by the
+    runtime. (With ``jax_enable_recoverability`` JAX's own shutdown barrier
+    does not hold the processes together, see ``launch``.)"""
     import jax
     self.barrier("finish", timeout_s)
     self.client.wait_at_barrier(f"{self.ns}/exit", int(timeout_s * 1000))
     self.stop()
+    if self.process_id == 0 and self.num_processes > 1:
+      # returns once no other process is connected (each has shut down)
+      waiter = threading.Thread(target=self.client.get_live_nodes,
+                                args=(list(range(self.num_processes)),), daemon=True)
+      waiter.start()
+      waiter.join(timeout_s)
     jax.distributed.shutdown()

@@ -69,8 +69,7 @@ class Generator:
     kv_bytes = 0
     for w, start in enumerate(range(0, len(prompts), slots)):
       wave = prompts[start:start + slots]
-      tokens, t_prefill, t_decode, nbytes = self._wave(wave, n_new, sampling,
-                                                       jax.random.fold_in(key, w))
+      tokens, t_prefill, t_decode, nbytes = self._wave(wave, n_new, sampling, wave_key(key, w))
       out.extend(tokens)
       prefill_s += t_prefill
       decode_s += t_decode
@@ -78,17 +77,7 @@ class Generator:
     return GenerateResult(out, prefill_s, decode_s, kv_bytes)
 
   def _prefill_groups(self, prompts: list[list[int]]) -> list[list[int]]:
-    """Consecutive row indices whose padded batch fits ``prefill_token_budget``."""
-    groups: list[list[int]] = []
-    for i in range(len(prompts)):
-      if groups:
-        rows = groups[-1] + [i]
-        b, t = self.prefill_engine.padded_shape([len(prompts[r]) for r in rows])
-        if b * t <= self.cfg.prefill_token_budget:
-          groups[-1] = rows
-          continue
-      groups.append([i])
-    return groups
+    return prefill_groups(self.prefill_engine, prompts, self.cfg.prefill_token_budget)
 
   def _wave(self, prompts, n_new: int, sampling: SamplingConfig, key):
     pe, de = self.prefill_engine, self.decode_engine
@@ -98,7 +87,7 @@ class Generator:
     firsts, kv_bytes = [], 0
     for j, rows in enumerate(self._prefill_groups(prompts)):
       batch = pe.make_batch([prompts[r] for r in rows], [sampling] * len(rows))
-      k = jax.random.fold_in(jax.random.fold_in(key, 0), j)
+      k = group_key(key, j)
       if de is pe:
         prefix = pe.prefill(self.prefill_params, batch, k)
       else:
@@ -112,7 +101,7 @@ class Generator:
     t1 = time.perf_counter()
     steps = []
     for i in range(n_new - 1):
-      state, toks = de.decode(self.decode_params, state, jax.random.fold_in(key, i + 1))
+      state, toks = de.decode(self.decode_params, state, step_key(key, i))
       steps.append(toks)
     for rows, tokens in firsts:
       first[rows] = np.asarray(tokens)[:len(rows)]
@@ -120,3 +109,33 @@ class Generator:
                           axis=1)
     t2 = time.perf_counter()
     return host.tolist(), t1 - t0, t2 - t1, kv_bytes
+
+
+def prefill_groups(engine: Engine, prompts: list[list[int]], budget: int) -> list[list[int]]:
+  """Consecutive row indices whose padded batch on ``engine`` fits ``budget`` tokens."""
+  groups: list[list[int]] = []
+  for i in range(len(prompts)):
+    if groups:
+      rows = groups[-1] + [i]
+      b, t = engine.padded_shape([len(prompts[r]) for r in rows])
+      if b * t <= budget:
+        groups[-1] = rows
+        continue
+    groups.append([i])
+  return groups
+
+
+def wave_key(key: jax.Array, wave: int) -> jax.Array:
+  """PRNG key of wave ``wave`` (every driver of these waves derives keys alike,
+  so split, single and multi-process runs sample the same tokens)."""
+  return jax.random.fold_in(key, wave)
+
+
+def group_key(wave_key_: jax.Array, group: int) -> jax.Array:
+  """Key of prefill group ``group`` of a wave."""
+  return jax.random.fold_in(jax.random.fold_in(wave_key_, 0), group)
+
+
+def step_key(wave_key_: jax.Array, step: int) -> jax.Array:
+  """Key of decode step ``step`` (0-based) of a wave."""
+  return jax.random.fold_in(wave_key_, step + 1)
