@@ -155,6 +155,8 @@ def _serve_http(cluster, tokenizer) -> int:
   try:
     uvicorn.Server(uvicorn_config(server.app, _HTTP_HOST.value, _HTTP_PORT.value,
                                   log_level="info")).run()
+  except KeyboardInterrupt:     # uvicorn re-raises the Ctrl-C it shut down on
+    pass
   finally:
     server.engine.stop()
   return 0

@@ -71,6 +71,8 @@ def test_streams_tokens_and_stops_on_stop_ids(policy):
     assert tokens == [fake_token(6, i) for i in range(4)] and end.reason == EndReason.STOP
     _wait_idle(engine, coord)
     assert not ex._slots and not ex._inserted
+    run = engine._run
+    assert not (run.records or run.live or run.why or coord.role_changes)
   finally:
     engine.stop()
 

@@ -57,3 +57,16 @@ def engine_drained(engine) -> bool:
   s = engine.snapshot
   return s.open == 0 and all(i.kv_used_tokens == 0 and not i.decoding and not i.transferring
                              for i in s.instances)
+
+
+def engine_leaks(engine) -> list[str]:
+  """What the engine still holds for ended requests (should be nothing once drained)."""
+  run, ex = engine._run, engine._run.ex
+  held = [f"{k}: {len(v)}" for k, v in (("records", run.records), ("live", run.live),
+                                         ("why", run.why), ("flights", ex._flights),
+                                         ("transfers", ex._transfers)) if v]
+  for rep in ex.replicas.values():
+    held += [f"{rep.name}.{k}: {len(v)}" for k, v in (("slot_of", rep.slot_of),
+                                                       ("arrived", rep.arrived)) if v]
+  held += [f"{i.name} held {len(i.held)}" for i in run.coord.instances if not i.idle]
+  return held

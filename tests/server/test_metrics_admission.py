@@ -10,7 +10,7 @@ import pytest
 from splitjax.runtime.online_types import OnlineLimits
 from splitjax.server.metrics import host_rates
 from tests.server.conftest import start
-from tests.server.helpers import engine_drained, metrics, post, wait_for
+from tests.server.helpers import engine_drained, engine_leaks, metrics, post, wait_for
 
 REQ = ("splitjax_requests_total", (("reason", "length"),))
 
@@ -50,6 +50,7 @@ def test_metrics_agree_with_the_served_requests(live):
   assert caps == [4 * 128] * 4
   assert after[("splitjax_engine_alive", ())] == 1
   assert after[("splitjax_requests_open", ())] == 0
+  wait_for(lambda: not engine_leaks(live.server.engine), what="nothing held")
 
 
 def test_a_full_queue_answers_429_then_serves_again(cluster):

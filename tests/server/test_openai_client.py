@@ -12,7 +12,7 @@ openai = pytest.importorskip("openai")
 
 from splitjax.server.tokenizer import ByteTokenizer  # noqa: E402
 from tests.server.conftest import MODEL_NAME  # noqa: E402
-from tests.server.helpers import engine_drained, metrics, wait_for  # noqa: E402
+from tests.server.helpers import engine_drained, engine_leaks, metrics, wait_for  # noqa: E402
 
 PROMPTS = [[1, 2, 3, 4, 5], list(range(10, 50)), [300, 7]]
 NEW = 12
@@ -76,3 +76,4 @@ def test_a_client_going_away_mid_stream_frees_its_request(live):
   wait_for(lambda: metrics(live.url).get(
       ("splitjax_requests_total", (("reason", "aborted"),)), 0) == before + 1, what="abort")
   wait_for(lambda: engine_drained(live.server.engine), what="slot and KV freed")
+  wait_for(lambda: not engine_leaks(live.server.engine), what="nothing held")
