@@ -5,7 +5,6 @@ import http.client
 import json
 from urllib.parse import urlparse
 
-import pytest
 
 from splitjax.runtime.online_types import OnlineLimits
 from splitjax.server.metrics import host_rates
