@@ -26,10 +26,11 @@ from splitjax.config import to_plain_dict
 from splitjax.serve_config import ClusterPolicy
 from splitjax.sim.hardware import Hardware, HardwareError, get_hardware
 from splitjax.sim.sim_config import PerfModelKind, PoolConfig, SimConfig
+from splitjax.sim.window import MeasureWindow
 
 # Bump when what a cached outcome means changes (not needed for config or input
 # file changes: those change the key).
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _EPS = 1e-9      # slack (machines) when counting what fits a budget (float rounding)
 
 
@@ -334,19 +335,36 @@ class CachedProbe:
 class ProbeSettings:
   """One probe: Poisson arrivals at the probed rate, (prompt, output) sizes
   resampled from the base config's trace window (seeded by ``seed``): all
-  arrivals within ``requests / rate`` seconds (about ``requests`` of them), or
-  within ``duration_s`` if ``requests`` is 0."""
+  arrivals within ``requests / rate`` seconds (about ``requests`` of them; at
+  least ``min_duration_s``), or within ``duration_s`` if ``requests`` is 0.
+
+  Judged: the requests arriving from ``measure_from`` to ``measure_to`` x that
+  span (``sim.window``); the rest only load the cluster (queues fill at the
+  start and drain at the end). The simulation stops once the verdict on the
+  judged requests is certain, so a window costs no accuracy.
+  """
   requests: int = 5000
   duration_s: float = 0.0
+  min_duration_s: float = 0.0
+  measure_from: float = 0.0
+  measure_to: float = 1.0
   seed: int = 0
 
   def __post_init__(self):
     if self.requests < 0 or self.duration_s < 0 or (self.requests > 0) == (self.duration_s > 0):
       raise ProvisionError("probe: give probe.requests > 0 or probe.duration_s > 0 (not both)")
+    if self.min_duration_s < 0 or (self.min_duration_s and not self.requests):
+      raise ProvisionError("probe.min_duration_s must be >= 0, and goes with probe.requests")
+    if not 0.0 <= self.measure_from < self.measure_to <= 1.0:
+      raise ProvisionError("probe: need 0 <= measure_from < measure_to <= 1")
 
   def horizon_s(self, rate: float) -> float:
     """Seconds of arrivals at ``rate`` req/s."""
-    return self.requests / rate if self.requests else self.duration_s
+    return max(self.requests / rate, self.min_duration_s) if self.requests else self.duration_s
+
+  @property
+  def window(self) -> MeasureWindow:
+    return MeasureWindow(self.measure_from, self.measure_to)
 
 
 def probe_config(base: SimConfig, layout: Layout, rate: float,
@@ -394,17 +412,30 @@ class SimProbe:
 
   def key(self, layout: Layout, rate: float) -> Mapping[str, Any]:
     cfg = probe_config(self.base, layout, rate, self.settings)
-    return {"config": to_plain_dict(cfg), "inputs": [list(i) for i in self.inputs]}
+    w = self.settings.window
+    return {"config": to_plain_dict(cfg), "inputs": [list(i) for i in self.inputs],
+            "measure": [w.start, w.end]}
 
   def __call__(self, layout: Layout, rate: float) -> ProbeOutcome:
+    """Simulates the probe until the verdict on its judged requests is certain."""
     from splitjax.metrics import RequestStatus
     from splitjax.sim import slo
     from splitjax.sim.build import build
+    from splitjax.sim.window import CertainVerdict
     cfg = probe_config(self.base, layout, rate, self.settings)
     sim, specs = build(cfg)
-    result = sim.run(specs)
-    report = slo.evaluate(cfg, result.records)
-    failed = sum(r.status != RequestStatus.COMPLETED for r in result.records)
+    judged = self.settings.window.judged(specs, self.settings.horizon_s(rate))
+    reference = slo.reference_perf_model(cfg)
+    stop = CertainVerdict(sim.records, judged, slo.reference_latencies(
+        reference, [s.prompt_tokens for s in judged], [s.output_tokens for s in judged]),
+        cfg.slo)
+    result = sim.run(specs, stop=stop)
+    ids = {s.request_id for s in judged}
+    records = [r for r in result.records if r.request_id in ids]
+    failed = sum(r.status != RequestStatus.COMPLETED for r in records)
+    if stop.failing:                    # stopped early: certain to fail
+      return ProbeOutcome(rate, False, len(specs), failed, (stop.failing,))
+    report = slo.check(slo.slowdowns(records, reference), cfg.slo)
     return ProbeOutcome(rate, report.met, len(specs), failed,
                         tuple(c.name for c in report.checks if not c.met))
 

@@ -332,6 +332,17 @@ def test_sim_probe_key_covers_its_inputs(tmp_path):
   assert key["config"]["cluster"]["colocated"]["machines"] == 0
   assert key["config"]["workload"]["rate"] == 5.0
   assert key["config"]["workload"]["rate_duration_s"] == 20.0           # 100 requests / 5 req/s
+  assert key["measure"] == [0.0, 1.0]
+  steady = pv.SimProbe.create(base, pv.ProbeSettings(requests=100, min_duration_s=50.0,
+                                                     measure_from=0.25, measure_to=0.75))
+  assert steady.key(lay, 5.0)["config"]["workload"]["rate_duration_s"] == 50.0
+  assert steady.key(lay, 50.0)["config"]["workload"]["rate_duration_s"] == 50.0
+  assert steady.key(lay, 0.5)["config"]["workload"]["rate_duration_s"] == 200.0
+  assert steady.key(lay, 5.0)["measure"] == [0.25, 0.75]
+  with pytest.raises(ProvisionError, match="measure_from < measure_to"):
+    pv.ProbeSettings(requests=100, measure_from=0.5, measure_to=0.5)
+  with pytest.raises(ProvisionError, match="min_duration_s"):
+    pv.ProbeSettings(requests=0, duration_s=10.0, min_duration_s=5.0)
   trace.write_text(trace.read_text().replace(",200,", ",201,"))
   changed = pv.SimProbe.create(base, pv.ProbeSettings(requests=100))
   assert cache_key(changed, lay, 5.0) != cache_key(probe, lay, 5.0)

@@ -89,9 +89,14 @@ class Simulator:
     self.records: dict[int, RequestRecord] = {}
     self.now = 0.0
     self.events = 0            # events handled (stale leap ends excluded)
+    self.stopped_s: float | None = None    # when run()'s ``stop`` ended the run
 
   # ------------------------------------------------------------------ run
-  def run(self, specs: Sequence[RequestSpec]) -> RunResult:
+  def run(self, specs: Sequence[RequestSpec],
+          stop: Callable[[float], bool] | None = None) -> RunResult:
+    """Simulates ``specs`` to the end, or until ``stop(t)`` (asked at every
+    occupancy sample, ``t`` the sample's time) returns True: then requests not
+    ended by then end FAILED, saying the run stopped (see ``sim.window``)."""
     for s in specs:
       if s.request_id in self.records:
         raise ValueError(f"duplicate request id {s.request_id}")
@@ -115,10 +120,15 @@ class Simulator:
         t = obj.arrival_s
       else:
         break
-      self.now, self.events = t, self.events + 1
       while next_sample <= t:
         timeline.append(pool_sample(coord, next_sample))
+        if stop is not None and stop(next_sample):
+          self._stop(next_sample)
+          break
         next_sample += self.sample_every_s
+      if self.stopped_s is not None:
+        break
+      self.now, self.events = t, self.events + 1
       touched = self._handle(kind, obj)
       changes = coord.rebalance()
       while touched or changes:   # new work can move the pool: settle before time moves on
@@ -264,6 +274,16 @@ class Simulator:
     work.steps = keep
     run.version += 1
     self._push(float(run.ends[-1]), _DONE, work, self._index[work.instance], run.version)
+
+  def _stop(self, t: float) -> None:
+    """Ends the run at ``t``: whatever has not ended fails, saying so."""
+    self.now = self.stopped_s = t
+    reason = f"not simulated to the end: the run stopped at {t:.3f} s"
+    for r in list(self.coord.requests_in_flight()):
+      self.coord.fail(r, reason)
+    for rec in self.records.values():
+      if rec.status is RequestStatus.PENDING:
+        rec.finish(RequestStatus.FAILED, reason)
 
   def _fail_leftovers(self) -> None:
     for r in list(self.coord.requests_in_flight()):
