@@ -46,6 +46,15 @@ from splitjax.model.params import ModelDefs, Params
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedResult:
+  """tokens: new token ids per prompt; wall_s: plan to last tokens collected
+  (waves overlap: no prefill / decode split); kv_bytes: KV moved across processes."""
+  tokens: list[list[int]]
+  wall_s: float
+  kv_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
 class WavePlan:
   """Wave ``wave``: requests ``rows`` (indices into the prompts), prefill groups
   (row positions within the wave), and the processes that serve it."""
@@ -109,7 +118,7 @@ class DistributedGenerator:
     return plan
 
   def generate(self, prompts: list[list[int]], max_new_tokens: int | None = None,
-               sampling: SamplingConfig | None = None) -> gen_lib.GenerateResult | None:
+               sampling: SamplingConfig | None = None) -> "DistributedResult | None":
     """Runs every wave (see module doc). Returns the result on process 0 and
     None elsewhere. Raises engine.PromptError before any work, or the control
     plane's errors (a peer died / stopped, the job was aborted, a timeout)."""
@@ -120,33 +129,44 @@ class DistributedGenerator:
     run, self._run = self._run, self._run + 1
     ns = f"run{run}"
     self.results = {}
+    t0 = time.perf_counter()
     plan = self.control.broadcast(f"{ns}/plan", lambda: self._make_plan(prompts), COORDINATOR,
                                   self.timeout_s)
     self.plan = [WavePlan.from_json(w) for w in plan]
-    key = jax.random.key(sampling.seed)
-    t0 = time.perf_counter()
-    for w in self.plan:
-      if self.me == w.prompt_process:
-        self._prefill_wave(ns, w, prompts, sampling, gen_lib.wave_key(key, w.wave))
-      if self.me == w.token_process:
-        self._decode_wave(ns, w, prompts, n_new, gen_lib.wave_key(key, w.wave))
+    self._walk(ns, prompts, n_new, sampling)
     if self.me == COORDINATOR:
       for w in self.plan:
         self.results[w.wave] = self.control.read(f"{ns}/result/{w.wave}", self.timeout_s)
     self.control.barrier(f"{ns}/done", self.timeout_s)
     if self.me != COORDINATOR:
       return None
-    tokens = [None] * len(prompts)
+    done = self.completed()
+    return DistributedResult([done[i] for i in range(len(prompts))], time.perf_counter() - t0,
+                             sum(r["kv_bytes"] for r in self.results.values()))
+
+  def _walk(self, ns: str, prompts, n_new: int, sampling: SamplingConfig) -> None:
+    """This process's part of every transfer, in plan order: prefill and send,
+    receive and decode, or skip; a decoded wave's tokens are published as soon
+    as they are ready."""
+    key = jax.random.key(sampling.seed)
+    decoding: list[_Decoding] = []
     for w in self.plan:
-      for r, toks in zip(w.rows, self.results[w.wave]["tokens"]):
-        tokens[r] = toks
-    res = self.results.values()
-    return gen_lib.GenerateResult(tokens, sum(r["prefill_s"] for r in res),
-                                  sum(r["decode_s"] for r in res),
-                                  sum(r["kv_bytes"] for r in res))
+      decoding = [d for d in decoding if not (d.ready() and self._publish(ns, d))]
+      wkey = gen_lib.wave_key(key, w.wave)
+      if self.me == w.token_process:
+        decoding.append(self._receive_and_decode(ns, w, prompts, n_new, wkey))
+      elif self.me == w.prompt_process:
+        self._prefill_and_send(ns, w, prompts, sampling, wkey)
+      else:
+        for j in range(len(w.groups)):
+          self.channel.skip(w.prompt_process, self.meshes[w.prompt_process], w.token_process,
+                            self.meshes[w.token_process], _tag(ns, w, j), self.timeout_s)
+    for d in decoding:
+      self.control.wait_ready((d.steps, d.firsts), self.timeout_s, f"wave {d.wave.wave}")
+      self._publish(ns, d)
 
   # ------------------------------------------------------------------ waves
-  def _prefill_wave(self, ns: str, w: WavePlan, prompts, sampling, key) -> None:
+  def _prefill_and_send(self, ns: str, w: WavePlan, prompts, sampling, key) -> None:
     """Prefill every group of ``w`` and send it to the wave's token process."""
     dst = self.meshes[w.token_process]
     for j, group in enumerate(w.groups):
@@ -154,12 +174,13 @@ class DistributedGenerator:
                                      [sampling] * len(group))
       kv_transfer.prefill_and_send(self.engine, self.params, batch, gen_lib.group_key(key, j),
                                    self.cfg.transfer, self.channel, w.token_process, dst,
-                                   f"{ns}/wave{w.wave}/group{j}")
+                                   _tag(ns, w, j))
     if self.on_wave_done:
       self.on_wave_done(w.wave)
 
-  def _decode_wave(self, ns: str, w: WavePlan, prompts, n_new: int, key) -> None:
-    """Receive ``w``'s prefixes, decode, publish the wave's tokens."""
+  def _receive_and_decode(self, ns: str, w: WavePlan, prompts, n_new: int, key) -> "_Decoding":
+    """Receive ``w``'s prefixes into fresh decode slots and dispatch its decode
+    steps (not waiting for them)."""
     de, src = self.engine, self.meshes[w.prompt_process]
     t0 = time.perf_counter()
     state = de.init_decode_state()
@@ -167,29 +188,32 @@ class DistributedGenerator:
     for j, group in enumerate(w.groups):
       shape = self.planner.padded_shape([len(prompts[w.rows[i]]) for i in group])
       prefix = self.channel.receive(de.kv_layout, w.prompt_process, src, de.mesh,
-                                    f"{ns}/wave{w.wave}/group{j}", shape, self.timeout_s)
+                                    _tag(ns, w, j), shape, self.timeout_s)
       for i, slot in enumerate(group):
         state = de.insert(prefix, state, i, slot)
       firsts.append((group, prefix.first_token_B))
       kv_bytes += prefix.kv_nbytes
-    self.control.wait_ready(state, self.timeout_s, f"KV of wave {w.wave}")
-    t1 = time.perf_counter()
     steps = []
     for i in range(n_new - 1):
       state, toks = de.decode(self.params, state, gen_lib.step_key(key, i))
       steps.append(toks)
-    self.control.wait_ready(steps, self.timeout_s, f"decode of wave {w.wave}")
-    n = len(w.rows)
+    return _Decoding(w, firsts, steps, kv_bytes, t0)
+
+  def _publish(self, ns: str, d: "_Decoding") -> bool:
+    """Publishes a decoded wave's tokens (blocks until they are computed)."""
+    n = len(d.wave.rows)
     first = np.zeros(n, np.int64)
-    for group, toks in firsts:
+    for group, toks in d.firsts:
       first[list(group)] = np.asarray(toks)[:len(group)]
-    host = np.concatenate([first[:, None]] + [np.asarray(s)[:n, None] for s in steps], axis=1)
-    self.control.publish(f"{ns}/result/{w.wave}",
-                         dict(tokens=host.tolist(), prefill_s=t1 - t0,
-                              decode_s=time.perf_counter() - t1, kv_bytes=kv_bytes))
-    print(f"process {self.me}: wave {w.wave} (requests {list(w.rows)}) decoded", flush=True)
+    host = np.concatenate([first[:, None]] + [np.asarray(s)[:n, None] for s in d.steps], axis=1)
+    self.control.publish(f"{ns}/result/{d.wave.wave}",
+                         dict(tokens=host.tolist(), seconds=time.perf_counter() - d.t0,
+                              kv_bytes=d.kv_bytes))
+    print(f"process {self.me}: wave {d.wave.wave} (requests {list(d.wave.rows)}) decoded",
+          flush=True)
     if self.on_wave_done:
-      self.on_wave_done(w.wave)
+      self.on_wave_done(d.wave.wave)
+    return True
 
   # ------------------------------------------------------------------ failures
   def completed(self) -> dict[int, list[int]]:
@@ -209,3 +233,21 @@ class DistributedGenerator:
         if p in (w.prompt_process, w.token_process):
           out[p].extend(w.rows)
     return out
+
+
+def _tag(ns: str, w: WavePlan, group: int) -> str:
+  return f"{ns}/wave{w.wave}/group{group}"
+
+
+@dataclasses.dataclass
+class _Decoding:
+  """A wave whose decode steps are dispatched on this (token) process."""
+  wave: WavePlan
+  firsts: list          # (row positions, first tokens of the group)
+  steps: list           # per step: tokens_B
+  kv_bytes: int
+  t0: float
+
+  def ready(self) -> bool:
+    return all(a.is_ready() for a in jax.tree.leaves((self.steps, self.firsts))
+               if hasattr(a, "is_ready"))

@@ -5,7 +5,7 @@ from tests.distributed.launcher import ROOT, launch, results
 
 
 def test_header_json_round_trip():
-  h = kv_transfer.Header(3, "wave0/group1", (0, 1), (1, 2), (((4, 2, 2, 64, 8), "float32"),),
+  h = kv_transfer.Header(3, 0, 1, "wave0/group1", (0, 1), (1, 2), (((4, 2, 2, 64, 8), "float32"),),
                          (((2,), "int32"),) * 5)
   back = kv_transfer.Header.from_json(h.to_json())
   assert back == h
