@@ -19,6 +19,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 from splitjax.metrics import PoolSample, RequestRecord, RequestStatus, Summary, summarize
+from splitjax.occupancy import pool_sample
 from splitjax.runtime.executor import Executor, TransferDone, WorkDone, WorkFailed
 from splitjax.scheduling.coordinator import Coordinator
 from splitjax.scheduling.mixed_pool import RoleChange
@@ -182,29 +183,6 @@ def admit(coord: Coordinator, spec: RequestSpec, rec: RequestRecord) -> Request 
 
 def _requests_of(work: Work) -> list[Request]:
   return list(work.prefill) + list(work.decode) + [c.request for c in work.chunks]
-
-
-def pool_sample(coord: Coordinator, now: float) -> PoolSample:
-  """Occupancy of the whole cluster at ``now`` (one pass over the instances)."""
-  roles = dict.fromkeys(Role, 0)
-  busy = queued = queued_tokens = transferring = waiting = decoding = cap = used = 0
-  for i in coord.instances:
-    roles[i.role] += 1
-    busy += i.busy
-    queued += len(i.prompt_queue)
-    queued_tokens += i.pending_prompt_tokens
-    if i.held:
-      transferring += sum(r.phase == Phase.TRANSFERRING for r in i.held.values())
-    waiting += len(i.decode_queue)
-    decoding += len(i.decoding)
-    cap += i.kv.total_blocks * i.kv.block_tokens
-    used += i.kv.used_tokens
-  return PoolSample(
-      t_s=now, prompt_instances=roles[Role.PROMPT], token_instances=roles[Role.TOKEN],
-      mixed_instances=roles[Role.MIXED], colocated_instances=roles[Role.COLOCATED],
-      busy_instances=busy, queued_prompts=queued, queued_prompt_tokens=queued_tokens,
-      transferring=transferring, waiting_decode=waiting, decoding=decoding,
-      kv_used_fraction=used / cap if cap else 0.0)
 
 
 def replay(coord: Coordinator, executor: Executor, specs: Sequence[RequestSpec], clock, *,
