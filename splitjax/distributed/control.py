@@ -196,6 +196,11 @@ class Control:
                              f"{timeout_s:.0f} s")
       time.sleep(self.poll_s / 4)
 
+  def sync(self, name: str, timeout_s: float) -> None:
+    """The coordination service's own barrier: every process is released at
+    once (for timing), but a dead peer only shows as a timeout here."""
+    self.client.wait_at_barrier(f"{self.ns}/sync/{name}", int(timeout_s * 1000))
+
   def wait_ready(self, arrays, timeout_s: float, what: str) -> None:
     """Polls ``is_ready()`` on every array of the pytree ``arrays`` (e.g. the
     arrival of a cross-process transfer) while watching for failures."""
