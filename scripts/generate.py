@@ -171,9 +171,13 @@ def on_failure(err, gen, control, prompts) -> None:
 
 
 def run_distributed(spec: launch.DistributedSpec) -> int:
+  """This process's part of a multi-process run; bad input aborts every process."""
+  from splitjax.config import ConfigError
   from splitjax.distributed.control import Control, ControlError
   from splitjax.distributed.generate import DistributedGenerator
   from splitjax.distributed.layout import COORDINATOR, ProcessLayout
+  from splitjax.engine.engine import PromptError
+  from splitjax.model.hf_import import CheckpointError
   info = launch.initialize(spec)
   control = Control.from_jax(heartbeat_timeout_s=spec.heartbeat_timeout_s)
   control.start()
@@ -188,6 +192,10 @@ def run_distributed(spec: launch.DistributedSpec) -> int:
     result = gen.generate(prompts)
   except ControlError as e:
     on_failure(e, gen, control, prompts)
+  except (ConfigError, PromptError, CheckpointError, ValueError) as e:
+    control.abort(f"process {info.process_id}: {e}")
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    launch.exit_now(2)
   if info.process_id == COORDINATOR:
     where = lambda pool: [f"p{p}: devices {[d.id for d in gen.meshes[p].devices.flat]}"
                           for p in getattr(layout, f"{pool}_processes")]
@@ -213,8 +221,6 @@ def main(argv):
   except (ConfigError, PromptError, CheckpointError, ValueError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
-    if spec.multi_process:   # the others would wait for this process: end the job now
-      launch.exit_now(2)
     return 2
 
 

@@ -81,3 +81,12 @@ def test_coordinator_death_ends_every_process(hf_gqa_dir, tmp_path):
   assert "p0 hosts the coordination service" in proc.stdout
   # JAX's runtime ends process 1 itself (well within the grace period)
   assert "p1 was killed by SIGABRT" in proc.stdout, proc.stdout
+
+
+def test_bad_input_stops_every_process_at_once():
+  t = time.monotonic()
+  proc = launch(2, GENERATE, "--prompt_ids=1,999999", "--max_new_tokens=2")
+  assert time.monotonic() - t < 60
+  assert proc.returncode == 2, proc.stdout
+  assert proc.stdout.count("out of vocabulary") == 2          # each process says why
+  assert "Traceback" not in proc.stdout
