@@ -28,13 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from splitjax import cli  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output_dir", "runs/paper", "Where the report goes.")
-_QUICK = flags.DEFINE_bool("quick", False, "Fewer requests per probe, coarser grid, looser "
-                           "bisection (about a minute or two on 2 cores, cold cache).")
+_QUICK = flags.DEFINE_bool("quick", False, "Shorter probes, coarser grid, looser bisection.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Processes running searches (0: one per CPU).")
 _CACHE = flags.DEFINE_string("cache_dir", cli.repo_path(".cache", "provision"),
                              "Probe outcome cache ('' disables it).")
 _TRACES = flags.DEFINE_list("traces", ["code", "conv"], "Azure traces (code, conv).")
-_REQUESTS = flags.DEFINE_integer("requests", 0, "Requests per probe (0: the preset's).")
+_REQUESTS = flags.DEFINE_integer("requests", 0, "Fewest requests per probe (0: the preset's).")
+_DURATION = flags.DEFINE_float("min_duration_s", 0.0, "Shortest probe, seconds of arrivals "
+                               "(0: the preset's).")
 _STEP = flags.DEFINE_integer("step", 0, "Grid step, machines (0: the preset's).")
 _TOLERANCE = flags.DEFINE_float("tolerance", 0.0, "Bisection tolerance (0: the preset's).")
 _SCALE = flags.DEFINE_float("budget_scale", 1.0, "x the paper's budgets and the 70 req/s "
@@ -42,8 +43,9 @@ _SCALE = flags.DEFINE_float("budget_scale", 1.0, "x the paper's budgets and the 
 _BEYOND = flags.DEFINE_bool("beyond", True, "Also search every prompt / token kind pair "
                             "(Splitwise-any, refined grid) at both budgets, with the default "
                             "and with lazy mixed-pool borrowing.")
-_LENGTH = flags.DEFINE_integer("length_requests", 5000, "Also bisect a few iso-power winners "
-                               "with probes this long (probe-length check; 0: skip).")
+_LENGTH = flags.DEFINE_float("check_duration_s", 0.0, "Also bisect a few iso-power winners "
+                             "with probes this long, seconds (probe-length check; 0: twice "
+                             "the probes' duration; < 0: skip).")
 _SWEEP = flags.DEFINE_bool("hh_sweep", True, "Also bisect Splitwise-HH on a (prompt, token) "
                            "grid of 2 x step for the heat maps.")
 _RERUNS = flags.DEFINE_bool("reruns", True, "Rerun deviating claims' searches per modeling "
@@ -53,7 +55,8 @@ _RERUNS = flags.DEFINE_bool("reruns", True, "Rerun deviating claims' searches pe
 def settings_from_flags():
   from splitjax.paper import QUICK, RunSettings, Trace
   s = QUICK if _QUICK.value else RunSettings()
-  over = {"requests": _REQUESTS.value, "step": _STEP.value, "tolerance": _TOLERANCE.value}
+  over = {"requests": _REQUESTS.value, "step": _STEP.value, "tolerance": _TOLERANCE.value,
+          "min_duration_s": _DURATION.value}
   return dataclasses.replace(
       s, **{k: v for k, v in over.items() if v}, budget_scale=_SCALE.value,
       traces=tuple(Trace(t) for t in _TRACES.value), workers=_WORKERS.value,
@@ -117,11 +120,12 @@ def _pool(settings, tasks):
 
 
 def length_checks(outcomes, settings):
-  """Baselines' and AA / HH's iso-power winners (conv if run) bisected with probes
-  of settings.requests and of --length_requests requests."""
+  """Baselines' and AA / HH's iso-power winners (conv if run) bisected with the
+  searches' probes and with --check_duration_s ones."""
   from splitjax import paper as P
   from splitjax.provision import BudgetKind
-  if not _LENGTH.value or _LENGTH.value == settings.requests:
+  longer = _LENGTH.value or 2 * settings.min_duration_s
+  if longer < 0 or longer == settings.min_duration_s:
     return []
   trace = P.Trace.CONV if P.Trace.CONV in settings.traces else settings.traces[0]
   d = P.PaperDesign
@@ -130,7 +134,7 @@ def length_checks(outcomes, settings):
           if (o := outcomes.get(P.budget_spec(trace, x, BudgetKind.ISO_POWER, settings)))
           and o.best]
   return _pool(settings, [(P.length_check, trace, x, b.layout, n, settings)
-                          for n in (settings.requests, _LENGTH.value) for x, b in wins])
+                          for n in (settings.min_duration_s, longer) for x, b in wins])
 
 
 def hh_sweep(settings):
@@ -145,7 +149,8 @@ def hh_sweep(settings):
   counts = range(step, top + 1, step)
   return _pool(settings, [
       (P.length_check, t, P.PaperDesign.SPLITWISE_HH, Layout(Pool(p, P.H100), Pool(k, P.H100)),
-       settings.requests, settings) for t in settings.traces for p in counts for k in counts])
+       settings.min_duration_s, settings) for t in settings.traces for p in counts
+      for k in counts])
 
 
 def figures(outcomes, settings, out: Path, sweep) -> list[str]:
@@ -181,7 +186,9 @@ def main(argv):
   names = figures(outcomes, settings, out, sweep)
   t2 = time.perf_counter()
   probes = sum(o.probes for o in outcomes.values())
-  header = [f"Settings: {settings.requests} requests per probe, grid step {settings.step}, "
+  header = [f"Settings: probes of at least {settings.min_duration_s:g} s and "
+            f"{settings.requests} requests, judged from {settings.measure_from:.0%} to "
+            f"{settings.measure_to:.0%} of their arrivals, grid step {settings.step}, "
             f"bisection tolerance {settings.tolerance:.0%}, budgets x{settings.budget_scale:g}"
             f", traces {', '.join(t.value for t in settings.traces)}; Llama2-70B, the "
             f"paper's nine SLOs against DGX-A100.",

@@ -124,11 +124,17 @@ class SearchSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-  """How hard to search: ``requests`` per probe, grid ``step`` (machines),
-  ``tolerance`` of the max-rate bisection (relative), ``refine_step`` of the
-  iso-throughput and Splitwise-any searches (0: grid only), ``budget_scale`` x the paper's budgets (and of the
-  70 req/s of the cost-optimal claim), ``workers`` processes (0: one per CPU)."""
-  requests: int = 2000
+  """How hard to search. Probes: Poisson arrivals for ``min_duration_s`` seconds
+  (at least ``requests`` requests), judged on the arrivals from ``measure_from``
+  to ``measure_to`` of that span (steady state: see ``provision_layout.ProbeSettings``).
+  Grid ``step`` (machines), ``tolerance`` of the max-rate bisection (relative),
+  ``refine_step`` of the iso-throughput and Splitwise-any searches (0: grid
+  only), ``budget_scale`` x the paper's budgets (and of the 70 req/s of the
+  cost-optimal claim), ``workers`` processes (0: one per CPU)."""
+  requests: int = 1000
+  min_duration_s: float = 120.0
+  measure_from: float = 0.25
+  measure_to: float = 0.75
   step: int = 5
   tolerance: float = 0.05
   refine_step: int = 1
@@ -139,13 +145,20 @@ class RunSettings:
   deviation: float = 0.2          # |ours / paper - 1| above this triggers the reruns
   seed: int = 0
 
+  def probe(self, min_duration_s: float | None = None) -> ProbeSettings:
+    """The probes of these settings (optionally with another duration)."""
+    return ProbeSettings(requests=self.requests, seed=self.seed,
+                         min_duration_s=(self.min_duration_s if min_duration_s is None
+                                         else min_duration_s),
+                         measure_from=self.measure_from, measure_to=self.measure_to)
+
   @property
   def max_machines(self) -> int:
     """Per pool, iso-throughput searches (1.5 x the budget's H100 count)."""
     return max(2 * self.step, math.ceil(1.5 * PAPER_H100_MACHINES * self.budget_scale))
 
 
-QUICK = RunSettings(requests=1000, step=10, tolerance=0.1, refine_step=0)
+QUICK = RunSettings(min_duration_s=60.0, step=10, tolerance=0.1, refine_step=0)
 
 
 def base_sim(trace: Trace, design: PaperDesign, variant: Variant = Variant.OURS,
@@ -215,7 +228,7 @@ def run_search(spec: SearchSpec, settings: RunSettings) -> SearchOutcome:
   from splitjax.provision import EvalMode
   t0 = time.perf_counter()
   probe = SimProbe.create(base_sim(spec.trace, spec.design, spec.variant, spec.tuning),
-                          ProbeSettings(requests=settings.requests, seed=settings.seed))
+                          settings.probe())
   thr = spec.budget.kind == BudgetKind.ISO_THROUGHPUT
   refine = thr or spec.design == PaperDesign.SPLITWISE_ANY
   space = spec.design.space(settings.step, settings.max_machines,
@@ -281,25 +294,25 @@ def code_cost_spec(settings: RunSettings, variant: Variant = Variant.OURS) -> Se
 
 @dataclasses.dataclass(frozen=True)
 class LengthCheck:
-  """A layout's max rate (req/s) with probes of ``requests`` requests: how much
-  the answer depends on probe length (short probes end before queues settle)."""
+  """A layout's max rate (req/s) with probes of at least ``duration_s`` seconds
+  of arrivals: how much the answer depends on probe length (too short a probe
+  ends before queues settle)."""
   trace: Trace
   design: PaperDesign
   layout: Layout
-  requests: int
+  duration_s: float
   max_rate: float
 
 
-def length_check(trace: Trace, design: PaperDesign, layout: Layout, requests: int,
+def length_check(trace: Trace, design: PaperDesign, layout: Layout, duration_s: float,
                  settings: RunSettings) -> LengthCheck:
-  """``layout``'s max rate at ``requests`` per probe (cached like the searches)."""
+  """``layout``'s max rate with ``duration_s``-second probes (cached like the searches)."""
   from pathlib import Path
 
   from splitjax.provision import max_rate
   from splitjax.provision_layout import CachedProbe
-  probe = SimProbe.create(base_sim(trace, design),
-                          ProbeSettings(requests=requests, seed=settings.seed))
+  probe = SimProbe.create(base_sim(trace, design), settings.probe(duration_s))
   if settings.cache_dir:
     probe = CachedProbe(probe, Path(settings.cache_dir))
   bracket = max_rate(layout, probe, Bisection(tolerance=settings.tolerance))
-  return LengthCheck(trace, design, layout, requests, bracket.lower)
+  return LengthCheck(trace, design, layout, duration_s, bracket.lower)

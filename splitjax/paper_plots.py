@@ -13,7 +13,7 @@ from splitjax.paper import (LengthCheck, Outcomes, PaperDesign, RunSettings, Tra
                             Variant, base_sim, budget_spec)
 from splitjax.paper_claims import Claim
 from splitjax.provision import BudgetKind, Layout
-from splitjax.provision_layout import ProbeSettings, probe_config
+from splitjax.provision_layout import probe_config
 
 BUDGETS = (BudgetKind.ISO_POWER, BudgetKind.ISO_COST)
 
@@ -33,10 +33,12 @@ def simulate_latencies(trace: Trace, design: PaperDesign, layout: Layout, rate: 
   """One probe-like simulation of ``layout`` at ``rate`` req/s, its latencies."""
   from splitjax.metrics import RequestStatus
   from splitjax.sim.build import build
-  cfg = probe_config(base_sim(trace, design), layout, rate,
-                     ProbeSettings(requests=settings.requests, seed=settings.seed))
+  probe = settings.probe()
+  cfg = probe_config(base_sim(trace, design), layout, rate, probe)
   sim, specs = build(cfg)
-  done = [r for r in sim.run(specs).records if r.status == RequestStatus.COMPLETED]
+  judged = {s.request_id for s in probe.window.judged(specs, probe.horizon_s(rate))}
+  done = [r for r in sim.run(specs).records
+          if r.status == RequestStatus.COMPLETED and r.request_id in judged]
   ttft = tuple(r.first_token_s - r.arrival_s for r in done)
   tbt = tuple((r.last_token_s - r.first_token_s) / (r.tokens - 1) for r in done if r.tokens > 1)
   return Latencies(design, layout, rate, ttft, tbt)
@@ -194,16 +196,21 @@ def designs_table(outcomes: Outcomes, settings: RunSettings) -> list[str]:
   return lines
 
 
+def _seconds(x: float) -> str:
+  return f"{x:g} s"
+
+
 def length_table(checks: Sequence[LengthCheck]) -> list[str]:
-  """Max rate per layout at each probe length, and the ratios the claims use."""
+  """Max rate per layout at each probe duration, and the ratios the claims use."""
   if not checks:
     return ["(not run)"]
-  lengths = sorted({c.requests for c in checks})
-  rate = {(c.design, c.requests): c.max_rate for c in checks}
-  lines = ["| design | layout | " + " | ".join(f"max req/s, {n} requests" for n in lengths)
+  lengths = sorted({c.duration_s for c in checks})
+  rate = {(c.design, c.duration_s): c.max_rate for c in checks}
+  lines = ["| design | layout | " + " | ".join(f"max req/s, {_seconds(n)} probes"
+                                               for n in lengths)
            + " |", "|---|---|" + "---|" * len(lengths)]
   for c in checks:
-    if c.requests == lengths[0]:
+    if c.duration_s == lengths[0]:
       lines.append(f"| {c.design.label} | {c.layout.label} | " + " | ".join(
           _num(rate.get((c.design, n)), ".1f") for n in lengths) + " |")
   d = PaperDesign
@@ -217,10 +224,10 @@ def length_table(checks: Sequence[LengthCheck]) -> list[str]:
 
 def length_verdict(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Claim]],
                    checks: Sequence[LengthCheck]) -> list[str]:
-  """One sentence: how far probe length moves the ratios vs the largest move of a
+  """One sentence: how far probe duration moves the ratios vs the largest move of a
   switched modeling difference on any claim (relative change of our value)."""
-  lengths = sorted({c.requests for c in checks})
-  rate = {(c.design, c.requests): c.max_rate for c in checks}
+  lengths = sorted({c.duration_s for c in checks})
+  rate = {(c.design, c.duration_s): c.max_rate for c in checks}
   moves = []
   for a, b in ((PaperDesign.SPLITWISE_AA, PaperDesign.BASELINE_A100),
                (PaperDesign.SPLITWISE_HH, PaperDesign.BASELINE_H100)):
@@ -232,9 +239,9 @@ def length_verdict(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Cl
   switched = [abs(x.our_value / c.our_value - 1) for v in reruns for x in reruns[v]
               for c in claims if x.key == c.key and c.our_value and x.our_value is not None]
   biggest = f"{max(switched):.0%}" if switched else "n/a (no reruns)"
-  return [f"From {lengths[0]} to {lengths[-1]} requests per probe: {'; '.join(moves)}. The "
-          f"largest change of any claim's value from a switched modeling difference: "
-          f"{biggest}."]
+  return [f"From {_seconds(lengths[0])} to {_seconds(lengths[-1])} probes: "
+          f"{'; '.join(moves)}. The largest change of any claim's value from a switched "
+          f"modeling difference: {biggest}."]
 
 
 def render_report(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Claim]],
@@ -250,11 +257,13 @@ def render_report(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Cla
          "Not switchable (not measured): the power budget left unenforced at run time "
          "(both simulators only size clusters by GPU power).",
          "", "## Probe length", "",
-         f"Max rates come from probes of ~{settings.requests} Poisson requests: at a few "
-         "hundred req/s that is seconds of arrivals, about one conversation request's "
-         "decode, so queues may not reach steady state. The same layouts with longer "
-         f"probes ({checks[0].trace.value if checks else 'n/a'} trace; the layouts are "
-         "the short probes' winners, not searched again):", "",
+         f"Max rates come from Poisson probes of at least {_seconds(settings.min_duration_s)}"
+         f" of arrivals (and {settings.requests} requests), judged on the requests arriving "
+         f"from {settings.measure_from:.0%} to {settings.measure_to:.0%} of that span: queues "
+         "fill at the start and drain at the end, and a conversation request decodes for "
+         "tens of seconds, so shorter probes flatter Splitwise. The same layouts with "
+         f"longer probes ({checks[0].trace.value if checks else 'n/a'} trace; the layouts are "
+         "the searches' winners, not searched again):", "",
          *length_table(checks), "", *length_verdict(claims, reruns, checks), "",
          "## Every design's winner", "", *designs_table(outcomes, settings), "",
          "## Figures", "", *[f"- ![{f}]({f})" for f in figures], ""]

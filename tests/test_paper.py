@@ -117,7 +117,7 @@ def test_figures_are_written(tmp_path):
   pytest.importorskip("matplotlib", reason="figures need the 'report' extra (matplotlib)")
   outcomes = _outcomes()
   sweep = [P.LengthCheck(P.Trace.CONV, P.PaperDesign.SPLITWISE_HH, Layout(Pool(p, H), Pool(t, H)),
-                         2000, 10.0 * p + t) for p in (10, 20) for t in (10, 20)]
+                         60.0, 10.0 * p + t) for p in (10, 20) for t in (10, 20)]
   paths = [pp.plot_throughput_vs(outcomes, S, "cost", tmp_path / "c.png"),
            pp.plot_hh_heatmap(outcomes, P.Trace.CONV, tmp_path / "h.png", sweep)]
   lat = pp.Latencies(P.PaperDesign.SPLITWISE_HH, WINNERS[P.PaperDesign.SPLITWISE_HH][0], 5.0,
@@ -126,13 +126,13 @@ def test_figures_are_written(tmp_path):
   for p in paths:
     assert p.read_bytes()[:4] == b"\x89PNG"
   assert pp.plot_hh_heatmap({}, P.Trace.CODE, tmp_path / "none.png", sweep) is None
-  assert math.isclose(P.QUICK.requests, 1000)
+  assert P.QUICK.min_duration_s == 60.0 and P.QUICK.probe().window.start == 0.25
 
 
 def test_probe_length_section_compares_ratios_across_lengths():
   d = P.PaperDesign
-  rates = {(d.BASELINE_A100, 2000): 80.0, (d.BASELINE_A100, 5000): 60.0,
-           (d.SPLITWISE_AA, 2000): 160.0, (d.SPLITWISE_AA, 5000): 90.0}
+  rates = {(d.BASELINE_A100, 60.0): 80.0, (d.BASELINE_A100, 120.0): 60.0,
+           (d.SPLITWISE_AA, 60.0): 160.0, (d.SPLITWISE_AA, 120.0): 90.0}
   checks = [P.LengthCheck(P.Trace.CONV, x, WINNERS[x][0], n, r) for (x, n), r in rates.items()]
   outcomes = _outcomes(scale_code=0.5)
   claims = C.compute_claims(outcomes, S)
@@ -140,6 +140,7 @@ def test_probe_length_section_compares_ratios_across_lengths():
   part = md.split("## Probe length")[1].split("##")[0]
   assert "| Splitwise-AA / Baseline-A100 | ratio | 2.00 | 1.50 |" in part
   assert "2.00 -> 1.50 (-25%)" in part and "n/a (no reruns)" in part
+  assert "max req/s, 60 s probes | max req/s, 120 s probes" in part
 
 
 def test_beyond_claims_compare_splitwise_any_with_the_best_paper_design():

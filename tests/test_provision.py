@@ -301,7 +301,7 @@ def test_simulator_search_matches_brute_force_on_a_small_cluster(tmp_path):
   """Llama2-70B, roofline, ~200-request probes: every split layout of up to 4
   DGX-H100 by brute force against the iso-power and iso-throughput searches."""
   probe = pv.SimProbe.create(_roofline_base(_tiny_trace(tmp_path / "t.csv")),
-                             pv.ProbeSettings(requests=200))
+                             pv.ProbeSettings(requests=200, min_duration_s=0.0))
   b = Bisection(start_rate_per_machine=2.0)
   cache = tmp_path / "cache"
   cached = pv.CachedProbe(probe, cache)
@@ -325,7 +325,8 @@ def test_simulator_search_matches_brute_force_on_a_small_cluster(tmp_path):
 def test_sim_probe_key_covers_its_inputs(tmp_path):
   trace = _tiny_trace(tmp_path / "t.csv")
   base = _roofline_base(trace)
-  probe = pv.SimProbe.create(base, pv.ProbeSettings(requests=100))
+  whole = dict(min_duration_s=0.0, measure_from=0.0, measure_to=1.0)
+  probe = pv.SimProbe.create(base, pv.ProbeSettings(requests=100, **whole))
   lay = Layout(Pool(1, H), Pool(2, H))
   key = probe.key(lay, 5.0)
   assert key["config"]["cluster"]["token"] == {"machines": 2, "hardware": H}
@@ -341,10 +342,11 @@ def test_sim_probe_key_covers_its_inputs(tmp_path):
   assert steady.key(lay, 5.0)["measure"] == [0.25, 0.75]
   with pytest.raises(ProvisionError, match="measure_from < measure_to"):
     pv.ProbeSettings(requests=100, measure_from=0.5, measure_to=0.5)
-  with pytest.raises(ProvisionError, match="min_duration_s"):
-    pv.ProbeSettings(requests=0, duration_s=10.0, min_duration_s=5.0)
+  with pytest.raises(ProvisionError, match="min_duration_s must be >= 0"):
+    pv.ProbeSettings(min_duration_s=-1.0)
+  assert pv.ProbeSettings(requests=0, duration_s=10.0).horizon_s(100.0) == 10.0
   trace.write_text(trace.read_text().replace(",200,", ",201,"))
-  changed = pv.SimProbe.create(base, pv.ProbeSettings(requests=100))
+  changed = pv.SimProbe.create(base, pv.ProbeSettings(requests=100, **whole))
   assert cache_key(changed, lay, 5.0) != cache_key(probe, lay, 5.0)
   with pytest.raises(ProvisionError, match="does not fit scheduler.policy=split"):
     probe(Layout(colocated=Pool(2, H)), 1.0)
@@ -354,7 +356,8 @@ def test_probes_at_different_rates_replay_the_same_requests_time_scaled(tmp_path
   """What makes feasibility (almost exactly) monotone in rate: same sizes, arrivals x 1/rate."""
   from splitjax import workload
   base = _roofline_base(_tiny_trace(tmp_path / "t.csv"))
-  lay, settings = Layout(Pool(1, H), Pool(1, H)), pv.ProbeSettings(requests=300)
+  lay, settings = Layout(Pool(1, H), Pool(1, H)), pv.ProbeSettings(requests=300,
+                                                                   min_duration_s=0.0)
   specs = {}
   for rate in (3.0, 11.0):
     cfg = pv.probe_config(base, lay, rate, settings)

@@ -4,7 +4,7 @@ of Poisson arrivals with sizes resampled from the whole code trace, Llama2-70B,
 all nine SLOs (the paper's iso-throughput, cost-optimized HH design).
 
 Search: a saddleback walk over prompt / token counts on a grid of 5 up to 40 per
-pool (one probe of ~5000 requests at 70 req/s per layout), then on a grid of 1
+pool (one steady-state probe, 120 s at 70 req/s, per layout), then on a grid of 1
 bounded by the grid's cheapest; the winner's max rate is then bisected.
 
   python scripts/provision.py --config configs/provision/code_cost_optimal.py \

@@ -4,8 +4,9 @@ machines (mixed pool on) within the power of 40 DGX-H100 (GPU power, Table I:
 conversation trace (sizes resampled from the whole hour), the paper's nine SLOs.
 
 Layouts: every prompt count on a grid of 5 (5 + 35 ... 35 + 5), then every
-count within 4 of the best; each gets its max rate (Poisson probes of ~5000
-requests, bisected to 2.5%). The paper's split for conversation is 25 + 15.
+count within 4 of the best; each gets its max rate (Poisson probes of at least
+120 s of arrivals, judged from 25% to 75% of them: steady state; bisected to
+2.5%). The paper's split for conversation is 25 + 15.
 
   python scripts/provision.py --config configs/provision/hh_iso_power.py --output_dir runs/prov_hh
   ... --config.space.refine_step=0          # grid only

@@ -23,12 +23,15 @@ def _trace(path: Path) -> Path:
 
 
 def _small(tmp_path, *extra):
-  """hh_iso_power.py shrunk: 4 DGX-H100 of power, roofline, ~150-request probes."""
+  """hh_iso_power.py shrunk: 4 DGX-H100 of power, roofline, ~150-request probes
+  judged whole (no minimum duration)."""
   return ("--config", str(ROOT / "configs" / "provision" / "hh_iso_power.py"),
           f"--config.sim.workload.trace={_trace(tmp_path / 't.csv')}",
           "--config.sim.cluster.perf_model=roofline", "--config.budget.power_w=22400",
           "--config.space.step=1", "--config.space.refine_step=0",
-          "--config.probe.requests=150", "--workers=1", f"--cache_dir={tmp_path / 'cache'}",
+          "--config.probe.requests=150", "--config.probe.min_duration_s=0",
+          "--config.probe.measure_from=0", "--config.probe.measure_to=1", "--workers=1",
+          f"--cache_dir={tmp_path / 'cache'}",
           *extra)
 
 

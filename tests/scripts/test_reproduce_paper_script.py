@@ -27,8 +27,8 @@ pytestmark = pytest.mark.skipif(not _have_data(), reason="needs ../shared/data (
 def test_reproduce_paper_writes_report_results_and_figures(tmp_path):
   pytest.importorskip("matplotlib", reason="figures need the 'report' extra (matplotlib)")
   out = tmp_path / "paper"
-  args = ("--budget_scale=0.1", "--requests=200", "--step=2", "--tolerance=0.2",
-          "--traces=conv", "--length_requests=300", "--workers=2",
+  args = ("--budget_scale=0.1", "--requests=200", "--min_duration_s=20", "--step=2",
+          "--tolerance=0.2", "--traces=conv", "--check_duration_s=30", "--workers=2",
           f"--cache_dir={tmp_path / 'cache'}", f"--output_dir={out}")
   proc = run_script("reproduce_paper.py", *args, timeout=120)
   # 7 designs x 2 budgets + Splitwise-any with lazy borrowing x 2 budgets
@@ -36,7 +36,7 @@ def test_reproduce_paper_writes_report_results_and_figures(tmp_path):
   md = (out / "report.md").read_text()
   for key in C.ClaimKey:
     assert key.text in md
-  assert "300 requests" in md.split("## Probe length")[1]
+  assert "30 s probes" in md.split("## Probe length")[1]
   results = json.loads((out / "results.json").read_text())
   assert [c["claim"] for c in results["claims"]] == [k.text for k in C.ClaimKey]
   assert all({"claim", "paper_value", "our_value"} <= set(c) for c in results["claims"])

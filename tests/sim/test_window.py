@@ -11,7 +11,7 @@ from splitjax.metrics import RequestStatus
 from splitjax.sim import slo
 from splitjax.sim.build import build
 from splitjax.sim.sim_config import PoolConfig, SimConfig, design_config_dict
-from splitjax.sim.window import CertainVerdict, MeasureWindow, _needed
+from splitjax.sim.window import CertainVerdict, MeasureWindow, _needed, shortest_steps
 from splitjax.workload import RequestSpec
 
 H = "dgx-h100"
@@ -31,14 +31,17 @@ def _config(tmp_path, rate: float, machines: tuple[int, int]) -> SimConfig:
   return from_config_dict(SimConfig, c)
 
 
-def _verdict(cfg: SimConfig, window: MeasureWindow, early: bool):
+def _verdict(cfg: SimConfig, window: MeasureWindow, early: bool, every_s: float = 0.0):
   """(feasible, failing checks, judged slowdowns) of one simulation."""
   sim, specs = build(cfg)
   judged = window.judged(specs, cfg.workload.rate_duration_s)
   perf = slo.reference_perf_model(cfg)
   ref = slo.reference_latencies(perf, [s.prompt_tokens for s in judged],
                                 [s.output_tokens for s in judged])
-  stop = CertainVerdict(sim.records, judged, ref, cfg.slo) if early else None
+  longest = max(s.prompt_tokens + s.output_tokens for s in judged)
+  stop = (CertainVerdict(sim.records, judged, ref, cfg.slo,
+                         shortest_steps(list(set(sim.perf.values())), longest), every_s)
+          if early else None)
   result = sim.run(specs, stop=stop)
   ids = {s.request_id for s in judged}
   records = [r for r in result.records if r.request_id in ids]
@@ -52,13 +55,14 @@ def _verdict(cfg: SimConfig, window: MeasureWindow, early: bool):
 @settings(max_examples=12, deadline=None)
 @given(rate=st.sampled_from([0.5, 2.0, 6.0, 15.0, 40.0]),
        machines=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
-       window=st.sampled_from([(0.0, 1.0), (0.25, 0.75), (0.1, 0.5)]))
+       window=st.sampled_from([(0.0, 1.0), (0.25, 0.75), (0.1, 0.5)]),
+       every_s=st.sampled_from([0.0, 3.0]))
 def test_early_stop_gives_the_verdict_of_the_whole_run(tmp_path_factory, rate, machines,
-                                                        window):
+                                                        window, every_s):
   cfg = _config(tmp_path_factory.mktemp("w"), rate, machines)
   w = MeasureWindow(*window)
   full, full_report, full_sim = _verdict(cfg, w, early=False)
-  cut, cut_report, cut_sim = _verdict(cfg, w, early=True)
+  cut, cut_report, cut_sim = _verdict(cfg, w, early=True, every_s=every_s)
   assert full == cut
   assert cut_sim.events <= full_sim.events
   if cut:                         # stopped only once every judged request ended: same numbers
