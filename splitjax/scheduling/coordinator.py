@@ -8,6 +8,8 @@ Drivers call, in any order their clock dictates:
   done = coord.complete(work)              # after the driver ran ``work``
   coord.transfer_done(request)             # after the KV of a request landed
   coord.fail(request, reason)              # give up on a request, freeing everything
+  lost = coord.fail_instance(name)         # take an instance down (a fault) ...
+  new = coord.resubmit(old)                # ... and re-route each request it touched
 
 Requests only change hands through these calls, so every accepted request is
 always in exactly one place until it finishes or fails.
@@ -103,6 +105,10 @@ class Coordinator:
   def submit(self, r: Request) -> str | None:
     """Routes ``r`` and enqueues it; returns None, or why it is rejected
     (then nothing was changed)."""
+    return self._submit(r, by_age=False)
+
+  def _submit(self, r: Request, by_age: bool) -> str | None:
+    """submit(); ``by_age``: join the prompt queue in arrival order, not last."""
     if r.prompt_tokens <= 0 or r.output_tokens <= 0:
       return f"prompt ({r.prompt_tokens}) and output ({r.output_tokens}) tokens must be positive"
     if r.prompt_tokens > self.max_prompt_tokens:
@@ -113,7 +119,10 @@ class Coordinator:
     except NoInstanceError as e:
       return str(e)
     r.prompt_instance, r.token_instance, r.phase = p.name, t.name, Phase.QUEUED
-    p.prompt_queue.append(r)
+    if by_age:
+      _insert_by_age(p.prompt_queue, r)
+    else:
+      p.prompt_queue.append(r)
     t.incoming[r.request_id] = r
     return None
 
@@ -136,6 +145,8 @@ class Coordinator:
       raise ValueError(f"instance {inst.name} is busy")
     if not (inst.prompt_queue or inst.decode_queue or inst.decoding or inst.prefilling):
       return None                   # step policies make work only from these
+    if inst.role is Role.DOWN:
+      return None
     work = self.policies.steps[inst.role].next_work(inst, now)
     if work is not None:
       inst.busy = True
@@ -216,6 +227,48 @@ class Coordinator:
         inst.give_back_slot(r)
     r.phase = Phase.FINISHED
 
+  # ---------------------------------------------------------------- faults
+  def fail_instance(self, name: str) -> list[Request]:
+    """Takes instance ``name`` down (``Role.DOWN``: from now on it takes
+    neither prompts nor tokens, is never borrowed, and ``next_work`` gives it
+    nothing); the mixed pool (if any) then covers a pool left with no instance.
+
+    Returns every unfinished request that had state on it (queued, prefilling,
+    held KV / transferring, reserved, waiting or decoding), oldest first,
+    unchanged: the caller must ``resubmit`` or ``fail`` each one, which frees
+    what it holds here. Raises KeyError for an unknown name, ValueError if the
+    instance is already down.
+    """
+    inst = self.by_name[name]
+    if inst.role is Role.DOWN:
+      raise ValueError(f"instance {name} is already down")
+    lost: dict[int, Request] = {}
+    for group in (inst.prompt_queue, inst.prefilling.values(), inst.held.values(),
+                  inst.incoming.values(), inst.decode_queue, inst.decoding.values()):
+      for r in group:
+        lost.setdefault(r.request_id, r)
+    inst.role, inst.returning, inst.busy = Role.DOWN, False, False
+    self._candidates = Candidates.of(self.instances)
+    self.rebalance()                      # borrow for a pool that lost every instance
+    return sorted(lost.values(), key=lambda r: (r.arrival_s, r.request_id))
+
+  def resubmit(self, old: Request) -> Request | str:
+    """Recomputes an unfinished request elsewhere: fails ``old`` (as ``fail``:
+    FINISHED, everything it holds freed, so work still in flight skips it) and
+    routes a new Request with the same id and arrival whose prompt is old's
+    prompt plus the tokens it emitted (``resumed`` counts every emitted token
+    so far) and whose output is what is left. It joins its prompt queue in
+    arrival order. Returns the new request, or why it was rejected (``old`` is
+    failed either way). Raises ValueError if ``old`` already finished."""
+    if old.phase is Phase.FINISHED:
+      raise ValueError(f"request {old.request_id} already finished")
+    self.fail(old, "resubmitted")
+    new = Request(old.request_id, old.arrival_s, old.prompt_tokens + old.generated,
+                  old.output_tokens - old.generated, preemptions=old.preemptions,
+                  resumed=old.resumed + old.generated)
+    reason = self._submit(new, by_age=True)
+    return new if reason is None else reason
+
   @staticmethod
   def _drop_held(inst: Instance, r: Request) -> None:
     del inst.held[r.request_id]
@@ -240,3 +293,13 @@ class Coordinator:
         for r in group:
           seen.setdefault(r.request_id, r)
     return seen.values()
+
+
+def _insert_by_age(q, r: Request) -> None:
+  """Puts ``r`` into prompt queue ``q`` before the first younger request."""
+  key = (r.arrival_s, r.request_id)
+  for n, x in enumerate(q):
+    if (x.arrival_s, x.request_id) > key:
+      q.insert(n, r)
+      return
+  q.append(r)

@@ -12,6 +12,12 @@ At or below half the limit, borrowed instances take no new foreign work, and
 each goes home once that work has drained (if the pressure stays at or below
 half the limit without it).
 
+Faults: an instance that is down (``Role.DOWN``) serves nothing and is never
+borrowed nor returned. If a phase loses every instance of its own pool, one
+instance of the other pool is borrowed at once whatever the pressure (even
+that pool's last), and borrowed instances serving that phase never go back;
+without a down instance none of this applies.
+
 ``rebalance`` is a function of the cluster state: it borrows and returns
 until nothing more changes, so calling it again without a state change does
 nothing. That makes the result independent of how often a driver calls it
@@ -60,8 +66,9 @@ class MixedPool:
     self._index: dict[Instance, int] = {}
     self._loads: dict[Instance, tuple] = {}        # instance -> (role, pending, pressure)
     self._stale: set[Instance] = set()
-    # Sums per role, in lists indexed by _SLOT[role] (enum hashing is slow).
-    self._pending, self._pressure, self._count = [0] * 4, [0.0] * 4, [0] * 4
+    # Sums per role slot (enum hashing is slow): 0 prompt, 1 token, 2 mixed,
+    # 3 colocated, 4 down.
+    self._pending, self._pressure, self._count = [0] * 5, [0.0] * 5, [0] * 5
     self._mixed: set[Instance] = set()
     self._settled = False            # the last call changed nothing, and nothing changed since
     # The last rebalance found no mixed pool and no pressure (changed nothing,
@@ -96,7 +103,7 @@ class MixedPool:
       elif role is mixed:
         k, p, q = 2, i.pending_prompt_tokens, i.token_pressure
       else:
-        k, p, q = 3, 0, 0.0
+        k, p, q = (4 if role is Role.DOWN else 3), 0, 0.0
       old = loads.get(i)
       loads[i] = (k, p, q)
       if old is None or old[0] != k:
@@ -135,6 +142,18 @@ class MixedPool:
                         if (k == 1 or k == 2) and i is not skip)
     return total / bound
 
+  def _lost(self, lender: Role) -> bool:
+    """The phase ``lender`` lends to has lost its whole own pool to faults."""
+    return bool(self._count[4]) and not self._count[0 if lender is Role.TOKEN else 1]
+
+  def _wants(self, lender: Role) -> bool:
+    """Whether to borrow (another) instance of ``lender``'s pool: pressure on
+    the other phase (keeping one instance home), or that phase has nobody."""
+    k = 0 if lender is Role.PROMPT else 1                  # the lender's own pool
+    if self._count[k] > 1 and self._load(lender) > 1.0:
+      return True
+    return self._count[k] > 0 and self._lost(lender) and not self._count[2]
+
   def _quiet(self, instances: Sequence[Instance]) -> bool:
     """No mixed pool and no pressure: nothing to do (the common case)."""
     self._bind(instances)
@@ -142,7 +161,7 @@ class MixedPool:
       return self.quiet                # nothing changed since the last answer
     self._refresh()
     count = self._count
-    if count[2]:
+    if count[2] or (count[4] and (self._wants(Role.TOKEN) or self._wants(Role.PROMPT))):
       return False
     if count[0] and self._pending[0] / count[0] / self.prompt_limit > 1.0:
       return False                       # the same arithmetic as _load(TOKEN)
@@ -165,12 +184,12 @@ class MixedPool:
     for lender in (Role.TOKEN, Role.PROMPT):
       key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN
              else (lambda i: (i.pending_prompt_tokens, i.name)))
-      while self._load(lender) > 1.0 and self._count[0 if lender is Role.PROMPT else 1] > 1:
+      while self._wants(lender):
         inst = min((i for i in instances if i.role == lender), key=key)
         inst.role = Role.MIXED
         self._refresh()
         changes.append(RoleChange(inst.name, lender, Role.MIXED))
-      calm = self._load(lender) <= 0.5
+      calm = self._load(lender) <= 0.5 and not self._lost(lender)
       for inst in sorted(self._mixed, key=self._index.__getitem__):
         if inst.home != lender:
           continue

@@ -17,11 +17,13 @@ from splitjax.scheduling.kv_memory import KVMemory
 
 
 class Role(enum.Enum):
-  """What an instance runs now. MIXED instances were borrowed into the mixed pool."""
+  """What an instance runs now. MIXED instances were borrowed into the mixed
+  pool; DOWN ones failed (``Coordinator.fail_instance``) and take no work."""
   PROMPT = "prompt"
   TOKEN = "token"
   MIXED = "mixed"
   COLOCATED = "colocated"
+  DOWN = "down"
 
 
 class Phase(enum.Enum):
@@ -43,6 +45,9 @@ class Request:
   whose KV exists (chunked prefill advances it chunk by chunk).
   ``prompt_instance`` / ``token_instance`` are instance names fixed by the
   router; ``slot`` is the decode slot held on the token instance.
+  ``resumed``: tokens emitted by earlier attempts of this request (a request
+  resubmitted after a fault, ``Coordinator.resubmit``): its prompt ends with
+  them, and its ``output_tokens`` are the ones still to come.
   """
   request_id: int
   arrival_s: float
@@ -56,6 +61,7 @@ class Request:
   prompt_instance: str = ""
   token_instance: str = ""
   slot: int | None = None
+  resumed: int = 0
 
   @property
   def total_tokens(self) -> int:

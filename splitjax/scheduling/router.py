@@ -1,7 +1,8 @@
 """Cluster-level routers: pick the instances of an arriving request.
 
 A router only chooses; the coordinator enqueues and reserves. Routers see the
-cluster through :class:`Candidates` (who takes prompts / tokens right now),
+cluster through :class:`Candidates` (who takes prompts / tokens right now;
+never an instance that is down),
 which the coordinator caches between role changes so an arrival costs the
 instances that can take it, not a scan of the cluster.
 """
@@ -41,6 +42,8 @@ def _largest(i: Instance) -> int:
 def _token_candidates(request: Request, cands: Candidates) -> Sequence[Instance]:
   if request.total_tokens <= cands.fits_all_tokens:
     return cands.tokens
+  if not cands.tokens:
+    raise NoInstanceError("no live instance takes tokens")
   fits = [i for i in cands.tokens if i.fits_ever(request)]
   if not fits:
     limit = max((_largest(i) for i in cands.tokens), default=0)
@@ -91,7 +94,7 @@ class JSQRouter:
 
   def choose(self, request: Request, cands: Candidates) -> tuple[Instance, Instance]:
     if not cands.prompts:
-      raise NoInstanceError("no instance takes prompts")
+      raise NoInstanceError("no live instance takes prompts")
     tokens = _token_candidates(request, cands)
     token = min(tokens, key=self._token_keys(tokens).__getitem__)
     return min(cands.prompts, key=self._prompt_keys(cands.prompts).__getitem__), token
