@@ -9,8 +9,9 @@ fake one (``fake_executor.FakeExecutor``) takes hand-checkable times and tokens.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Protocol, Sequence
 
+from splitjax.runtime.faults import TransferFaults
 from splitjax.scheduling.records import Request, Work
 
 
@@ -39,7 +40,17 @@ class WorkFailed:
   reason: str
 
 
-Event = WorkDone | TransferDone | WorkFailed
+@dataclasses.dataclass(frozen=True)
+class TransferFailed:
+  """The KV transfer of ``request`` failed at ``at_s`` (reported after its
+  prefill, as TransferDone would have been). The executor keeps the prefill
+  output: the driver may ``retry_transfer`` it or give the request up."""
+  request: Request
+  at_s: float
+  reason: str
+
+
+Event = WorkDone | TransferDone | WorkFailed | TransferFailed
 
 
 class Executor(Protocol):
@@ -52,7 +63,23 @@ class Executor(Protocol):
     """Events that happened by ``now`` (non-blocking), in time order."""
 
   def release(self, request: Request) -> None:
-    """``request`` finished or failed: drop whatever it holds on devices."""
+    """``request`` finished or failed: drop whatever it holds on devices.
+    Executors key their state by the Request object, so releasing an earlier
+    attempt of a resubmitted request never touches the new one."""
+
+  def fail_instance(self, name: str) -> None:
+    """Instance ``name`` is gone: drop its work in flight and every transfer
+    from or to it; no event follows for any of them."""
+
+  def resume(self, request: Request, emitted: Sequence[int]) -> None:
+    """``request`` continues an earlier attempt (``request.resumed`` > 0): its
+    prompt ids are the original ones followed by ``emitted`` (that many ids)."""
+
+  def retry_transfer(self, request: Request, now: float) -> None:
+    """Sends again the KV of ``request`` whose transfer failed (TransferFailed);
+    a TransferDone or TransferFailed follows."""
+
+  transfer_faults: TransferFaults
 
   def next_event_s(self, now: float) -> float | None:
     """When to poll next: a known completion time (virtual executors), a short

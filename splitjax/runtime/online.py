@@ -8,8 +8,13 @@ WORKSPACE.md, "Why one thread"). Other threads talk to it only through
   rid = engine.submit(generation, sink)   # or raises Overloaded / InvalidRequest
   engine.finish(rid)                      # the caller saw its stop string: end as STOP
   engine.abort(rid)                       # the caller went away: free everything
+  engine.fail_instance(name)              # a fault: -> Future[InstanceFailure]
+  engine.fail_transfers(count, ids)       # a fault hook: these KV transfers fail
 
-which append to a thread-safe inbox and wake the thread. The sink gets every
+which append to a thread-safe inbox and wake the thread. Requests touched by a
+failed instance, and those whose KV transfer failed past its retries, are
+recomputed elsewhere (``loop.Run.resubmit``): their streams go on where they
+stopped, with the same token indices. The sink gets every
 token, then one EndEvent. Requests end early (a stop token id, ``finish``,
 ``abort``) through ``Coordinator.fail`` and ``Executor.release``, which free
 the prompt work, the decode slot and KV, and any transfer on both sides; work
@@ -23,15 +28,17 @@ requests without a first token and ``max_open`` unfinished ones; beyond that
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import threading
-from typing import Callable
+from typing import Callable, Iterable
 
 from splitjax.config import SamplingConfig
 from splitjax.metrics import RequestRecord, RequestStatus
 from splitjax.runtime.clock import WallClock
 from splitjax.runtime.executor import Executor, TransferDone, WorkDone
+from splitjax.runtime.faults import FaultEvent, InstanceFailure
 from splitjax.runtime.loop import Run, admit
 from splitjax.runtime.online_types import (EndEvent, EndReason, EngineObserver, EngineSnapshot,
                                            Generation, InstanceSnapshot, ModelLimits,
@@ -60,6 +67,18 @@ class _Submit:
 class _End:
   request_id: int
   reason: EndReason      # STOP (finish) or ABORTED (abort)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FailInstance:
+  name: str
+  done: concurrent.futures.Future
+
+
+@dataclasses.dataclass(frozen=True)
+class _FailTransfers:
+  count: int
+  request_ids: tuple[int, ...]
 
 
 @dataclasses.dataclass(eq=False)
@@ -116,7 +135,8 @@ class _OnlineRun(Run):
   and end events sent to each request's sink, and early ends."""
 
   def __init__(self, coord: Coordinator, executor: Executor, clock, engine: "OnlineEngine"):
-    super().__init__(coord, executor, [], clock, engine.limits.sample_every_s)
+    super().__init__(coord, executor, [], clock, engine.limits.sample_every_s,
+                     engine.limits.transfer_retries)
     self.engine, self.gate, self.observer = engine, engine._gate, engine.observer
     self.live: dict[int, _Live] = {}
     self.why: dict[int, EndReason] = {}
@@ -172,6 +192,14 @@ class _OnlineRun(Run):
     before = rec.transfer_s
     super().transfer_landed(ev)
     self.observer.on_transfer(ev.nbytes, rec.transfer_s - before)
+
+  # ---------------------------------------------------------------- faults
+  def count(self, event: FaultEvent) -> None:
+    super().count(event)
+    self.observer.on_fault(event)
+
+  def replaced(self, old: Request, new: Request) -> None:
+    self.live[new.request_id].request = new
 
   # ---------------------------------------------------------------- ends
   def _end(self, r: Request, status: RequestStatus, reason: str = "") -> None:
@@ -286,6 +314,26 @@ class OnlineEngine:
     self._inbox.append(_End(request_id, EndReason.ABORTED))
     self._wake.set()
 
+  def fail_instance(self, name: str) -> concurrent.futures.Future:
+    """Fails instance ``name`` on the engine thread (a fault: its work is lost,
+    the requests it touched are recomputed elsewhere). The future gets the
+    InstanceFailure, or KeyError (unknown name) / ValueError (already down).
+    Raises Overloaded (not retryable) if the engine is not running."""
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    with self._gate.lock:              # appended before close, or refused
+      if self._gate.closed or not self.alive:
+        raise Overloaded(f"engine stopped: {self._gate.closed or 'not running'}",
+                         retryable=False)
+      self._inbox.append(_FailInstance(name, done))
+    self._wake.set()
+    return done
+
+  def fail_transfers(self, count: int = 0, request_ids: Iterable[int] = ()) -> None:
+    """Fault hook: the next ``count`` KV transfers, and the next one of each
+    of ``request_ids``, fail (then are retried or recomputed)."""
+    self._inbox.append(_FailTransfers(count, tuple(request_ids)))
+    self._wake.set()
+
   @property
   def snapshot(self) -> EngineSnapshot:
     """Occupancy as of the last sample (at most ``sample_every_s`` old while the
@@ -328,9 +376,24 @@ class OnlineEngine:
       cmd = self._inbox.popleft()
       if isinstance(cmd, _Submit):
         self._run.submit(cmd)
+      elif isinstance(cmd, _FailInstance):
+        self._fail_instance(cmd)
+      elif isinstance(cmd, _FailTransfers):
+        self._run.ex.transfer_faults.add(cmd.count, cmd.request_ids)
       else:
         detail = "stop sequence" if cmd.reason == EndReason.STOP else "aborted by the client"
         self._run.end_early(cmd.request_id, cmd.reason, detail)
+
+  def _fail_instance(self, cmd: _FailInstance) -> None:
+    try:
+      out = self._run.fail_instance(cmd.name, self.clock.now())
+    except (KeyError, ValueError) as e:        # unknown, or already down
+      cmd.done.set_exception(e)
+      return
+    except BaseException as e:                 # a bug: tell the caller, then die
+      cmd.done.set_exception(e)
+      raise
+    cmd.done.set_result(out)
 
   def _check_stall(self, now: float, since: float | None) -> float | None:
     run = self._run

@@ -15,6 +15,7 @@ from typing import Callable
 
 from splitjax.config import SamplingConfig
 from splitjax.metrics import RequestRecord
+from splitjax.runtime.faults import FaultEvent
 from splitjax.scheduling.records import Role, WorkKind
 
 
@@ -109,12 +110,15 @@ class OnlineLimits:
     -> they fail as "could not be scheduled".
   sample_every_s: how often the occupancy snapshot is refreshed.
   idle_wait_s: longest sleep of an idle engine thread between checks.
+  transfer_retries: a failed KV transfer is sent again this often, then its
+    request is recomputed.
   """
   max_waiting: int = 64
   max_open: int = 256
   stall_s: float = 2.0
   sample_every_s: float = 0.2
   idle_wait_s: float = 0.05
+  transfer_retries: int = 2
 
   def __post_init__(self):
     if self.max_waiting < 1 or self.max_open < self.max_waiting:
@@ -163,3 +167,7 @@ class EngineObserver:
   def on_transfer(self, nbytes: int, seconds: float) -> None:
     """A request's KV landed on its token instance (``seconds`` exposed after
     its first token)."""
+
+  def on_fault(self, event: FaultEvent) -> None:
+    """A fault happened or was handled (instance failed, request resubmitted,
+    transfer retried or given up for recomputing)."""
