@@ -24,6 +24,7 @@ from splitjax.engine.chunked import ChunkSpec
 from splitjax.engine.engine import Engine, PromptError
 from splitjax.model.params import ModelDefs, Params
 from splitjax.runtime.clock import WallClock
+from splitjax.runtime.faults import InstanceFault, TransferFaults
 from splitjax.runtime.jax_executor import JaxExecutor, Replica
 from splitjax.runtime.loop import RunResult, replay
 from splitjax.runtime.online import OnlineEngine
@@ -68,12 +69,16 @@ class Cluster:
   # ------------------------------------------------------------------ run
   def replay(self, specs: Sequence[RequestSpec],
              prompt_ids: Callable[[Request], list[int]] | None = None, *,
-             progress: Callable[[int, int], None] | None = None) -> RunResult:
+             progress: Callable[[int, int], None] | None = None,
+             faults: Sequence[InstanceFault] = (),
+             transfer_faults: TransferFaults | None = None,
+             transfer_retries: int = 2) -> RunResult:
     """Serves ``specs`` (arrivals in seconds from now) on the wall clock.
 
     Prompts are ``workload.prompt_token_ids`` (random, seeded by
     ``cfg.prompt_seed``) unless ``prompt_ids`` is given; generation is greedy
-    and forced to each request's output length.
+    and forced to each request's output length. ``faults`` / ``transfer_faults``
+    inject instance and KV-transfer failures (``runtime.faults``).
     """
     vocab = self.engines[0].model.vocab_size
     if prompt_ids is None:
@@ -81,10 +86,12 @@ class Cluster:
       prompt_ids = lambda r: prompt_token_ids(by_id[r.request_id], vocab, self.cfg.prompt_seed)
     coord = Coordinator(self._instances(), make_policies(self.cfg.scheduler),
                         self.max_prompt_tokens)
-    executor = JaxExecutor(self._replicas(), prompt_ids, self.cfg.cluster.transfer)
+    executor = JaxExecutor(self._replicas(), prompt_ids, self.cfg.cluster.transfer,
+                           transfer_faults=transfer_faults)
     with _CompileCounter() as compiled:
       result = replay(coord, executor, specs, WallClock(),
-                      sample_every_s=self.cfg.sample_every_s, progress=progress)
+                      sample_every_s=self.cfg.sample_every_s, progress=progress,
+                      faults=faults, transfer_retries=transfer_retries)
     result.compiles, result.compile_s = compiled.count, compiled.seconds
     return result
 

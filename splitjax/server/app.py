@@ -4,6 +4,7 @@
   GET  /v1/models        the one served model
   GET  /health           200 while the engine thread runs, else 503
   GET  /metrics          Prometheus text (server.metrics)
+  POST /admin/fail_instance   fault injection (server.admin)
 
 Contract: a request that cannot be served gets a 4xx with an OpenAI error
 body naming the problem (malformed / non-UTF-8 JSON, unknown fields, bad
@@ -32,6 +33,7 @@ from splitjax.runtime.online import OnlineEngine
 from splitjax.runtime.online_types import (EndEvent, EndReason, Generation, InvalidRequest,
                                            Overloaded)
 from splitjax.server import protocol as proto
+from splitjax.server.admin import add_admin_routes
 from splitjax.server.metrics import ServerMetrics
 from splitjax.server.stream import Disconnected, Reader
 from splitjax.server.tokenizer import Tokenizer
@@ -102,6 +104,7 @@ def create_app(engine: OnlineEngine, tokenizer: Tokenizer, metrics: ServerMetric
   async def prometheus():
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+  add_admin_routes(app, engine, HTTPError)
   return app
 
 

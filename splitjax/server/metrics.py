@@ -13,6 +13,9 @@ that reads the engine's occupancy snapshot at scrape time. Names (all prefixed
   prompt_tokens_total, generation_tokens_total
   kv_transfers_total, kv_transfer_bytes_total, kv_transfer_exposed_seconds_total
   instance_busy_seconds_total{instance, kind}     iteration seconds by WorkKind
+  instance_failures_total, resubmitted_requests_total (recomputed after a fault),
+      kv_transfer_retries_total, kv_transfer_fallbacks_total (retries used up:
+      recomputed)
   queued_prompts / queued_prompt_tokens / waiting_decode / decoding /
       transferring {pool}          per current role (prompt, token, mixed, colocated)
   kv_used_tokens / kv_capacity_tokens {instance}
@@ -33,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from splitjax.accounts import InstanceRates
 from splitjax.metrics import RequestRecord
+from splitjax.runtime.faults import FaultEvent
 from splitjax.runtime.online_types import EndReason, EngineObserver, EngineSnapshot
 from splitjax.scheduling.records import Role, WorkKind
 
@@ -69,6 +73,13 @@ class ServerMetrics(EngineObserver):
                               "KV transfer time after the first token.", registry=r)
     self.busy = Counter(P + "instance_busy_seconds", "Iteration seconds.", ["instance", "kind"],
                         registry=r)
+    self.faults = {e: Counter(P + name, doc, registry=r) for e, name, doc in (
+        (FaultEvent.INSTANCE_FAILED, "instance_failures", "Instances taken down by a fault."),
+        (FaultEvent.RESUBMITTED, "resubmitted_requests",
+         "Requests re-routed and recomputed after a fault."),
+        (FaultEvent.TRANSFER_RETRIED, "kv_transfer_retries", "Failed KV transfers sent again."),
+        (FaultEvent.TRANSFER_FALLBACK, "kv_transfer_fallbacks",
+         "KV transfers given up after the retries: request recomputed."))}
     for reason in EndReason:              # every series exists from the start
       self.ended.labels(reason.value)
     r.register(_Occupancy(self))
@@ -96,6 +107,9 @@ class ServerMetrics(EngineObserver):
     self.transfers.inc()
     self.transfer_bytes.inc(nbytes)
     self.transfer_s.inc(seconds)
+
+  def on_fault(self, event: FaultEvent) -> None:
+    self.faults[event].inc()
 
   # ---------------------------------------------------------------- HTTP side
   def refuse(self, code: int, reason: str) -> None:

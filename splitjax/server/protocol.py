@@ -34,6 +34,12 @@ class StreamOptions(BaseModel):
   include_usage: StrictBool = False
 
 
+class FailInstanceRequest(BaseModel):
+  """POST /admin/fail_instance body: the instance to fail (e.g. ``token0``)."""
+  model_config = ConfigDict(extra="forbid")
+  instance: str
+
+
 class CompletionRequest(BaseModel):
   """POST /v1/completions body (see the module docstring)."""
   model_config = ConfigDict(extra="forbid")

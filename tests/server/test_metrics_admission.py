@@ -44,7 +44,7 @@ def test_metrics_agree_with_the_served_requests(live):
              if k[0] == "splitjax_instance_busy_seconds_total")
   assert busy > 0
   pools = {dict(k[1])["pool"]: v for k, v in after.items() if k[0] == "splitjax_pool_instances"}
-  assert pools == {"prompt": 2, "token": 2, "mixed": 0, "colocated": 0}
+  assert pools == {"prompt": 2, "token": 2, "mixed": 0, "colocated": 0, "down": 0}
   caps = [v for k, v in after.items() if k[0] == "splitjax_kv_capacity_tokens"]
   assert caps == [4 * 128] * 4
   assert after[("splitjax_engine_alive", ())] == 1
