@@ -38,12 +38,12 @@ from splitjax.config import SamplingConfig
 from splitjax.metrics import RequestRecord, RequestStatus
 from splitjax.runtime.clock import WallClock
 from splitjax.runtime.executor import Executor, TransferDone, WorkDone
-from splitjax.runtime.faults import FaultEvent, InstanceFailure
+from splitjax.runtime.faults import FaultEvent
 from splitjax.runtime.loop import Run, admit
-from splitjax.runtime.online_types import (EndEvent, EndReason, EngineObserver, EngineSnapshot,
-                                           Generation, InstanceSnapshot, ModelLimits,
-                                           OnlineLimits, Overloaded, Sink, StreamEvent,
-                                           TokenEvent)
+from splitjax.runtime.online_types import (AdmissionGate, EndEvent, EndReason, EngineObserver,
+                                           EngineSnapshot, Generation, InstanceSnapshot,
+                                           ModelLimits, OnlineLimits, Overloaded, Sink,
+                                           StreamEvent, TokenEvent)
 from splitjax.scheduling.coordinator import Coordinator
 from splitjax.scheduling.records import Phase, Request, Role
 from splitjax.workload import RequestSpec
@@ -86,48 +86,6 @@ class _Live:
   gen: Generation
   sink: Sink
   request: Request | None = None
-
-
-class _Gate:
-  """Admission counters shared by callers and the engine thread (one lock)."""
-
-  def __init__(self, limits: OnlineLimits):
-    self.limits, self.lock = limits, threading.Lock()
-    self.waiting = self.open = 0
-    self.next_id = 0
-    self.closed = ""
-
-  def enter(self, push: Callable[[int], None]) -> int:
-    """A new request id, pushed while holding the lock, or Overloaded."""
-    lim = self.limits
-    with self.lock:
-      if self.closed:
-        raise Overloaded(f"engine stopped: {self.closed}", retryable=False)
-      if self.waiting >= lim.max_waiting:
-        raise Overloaded(f"queue full: {self.waiting} requests are waiting for a first token "
-                         f"(limit {lim.max_waiting}); retry later")
-      if self.open >= lim.max_open:
-        raise Overloaded(f"server full: {self.open} requests in progress (limit "
-                         f"{lim.max_open}); retry later")
-      rid, self.next_id = self.next_id, self.next_id + 1
-      self.waiting += 1
-      self.open += 1
-      push(rid)
-      return rid
-
-  def first_token(self) -> None:
-    with self.lock:
-      self.waiting -= 1
-
-  def leave(self, had_first_token: bool) -> None:
-    with self.lock:
-      self.open -= 1
-      if not had_first_token:
-        self.waiting -= 1
-
-  def close(self, reason: str) -> None:
-    with self.lock:
-      self.closed = reason
 
 
 class _OnlineRun(Run):
@@ -269,7 +227,7 @@ class OnlineEngine:
     self.model, self.limits = model, limits
     self.observer = observer or EngineObserver()
     self.clock = clock or WallClock()
-    self._gate = _Gate(limits)
+    self._gate = AdmissionGate(limits)
     self._inbox: collections.deque = collections.deque()
     self._wake = threading.Event()
     self._stop = threading.Event()

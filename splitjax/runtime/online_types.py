@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import threading
 from typing import Callable
 
 from splitjax.config import SamplingConfig
@@ -171,3 +172,47 @@ class EngineObserver:
   def on_fault(self, event: FaultEvent) -> None:
     """A fault happened or was handled (instance failed, request resubmitted,
     transfer retried or given up for recomputing)."""
+
+
+class AdmissionGate:
+  """Admission counters of an OnlineEngine, shared by callers and the engine
+  thread (one lock): ``enter`` admits or raises Overloaded, ``first_token`` /
+  ``leave`` count a request out, ``close`` refuses everything after."""
+
+  def __init__(self, limits: OnlineLimits):
+    self.limits, self.lock = limits, threading.Lock()
+    self.waiting = self.open = 0
+    self.next_id = 0
+    self.closed = ""
+
+  def enter(self, push: Callable[[int], None]) -> int:
+    """A new request id, pushed while holding the lock, or Overloaded."""
+    lim = self.limits
+    with self.lock:
+      if self.closed:
+        raise Overloaded(f"engine stopped: {self.closed}", retryable=False)
+      if self.waiting >= lim.max_waiting:
+        raise Overloaded(f"queue full: {self.waiting} requests are waiting for a first token "
+                         f"(limit {lim.max_waiting}); retry later")
+      if self.open >= lim.max_open:
+        raise Overloaded(f"server full: {self.open} requests in progress (limit "
+                         f"{lim.max_open}); retry later")
+      rid, self.next_id = self.next_id, self.next_id + 1
+      self.waiting += 1
+      self.open += 1
+      push(rid)
+      return rid
+
+  def first_token(self) -> None:
+    with self.lock:
+      self.waiting -= 1
+
+  def leave(self, had_first_token: bool) -> None:
+    with self.lock:
+      self.open -= 1
+      if not had_first_token:
+        self.waiting -= 1
+
+  def close(self, reason: str) -> None:
+    with self.lock:
+      self.closed = reason

@@ -9,7 +9,7 @@ from hypothesis import event, given, settings, strategies as st
 
 from splitjax.metrics import RequestStatus
 from splitjax.runtime.clock import VirtualClock
-from splitjax.runtime.fake_executor import FakeExecutor, FakeTimes, fake_token
+from splitjax.runtime.fake_executor import FakeTimes, fake_token
 from splitjax.runtime.faults import InstanceFault, TransferFaults
 from splitjax.runtime.loop import replay
 from splitjax.runtime.online_types import EndEvent, EndReason, Generation, OnlineLimits
