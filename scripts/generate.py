@@ -153,7 +153,7 @@ def on_failure(err, gen, control, prompts) -> None:
   me = control.process_id
   if me != COORDINATOR or gen is None:
     print(f"error: process {me}: {err}", file=sys.stderr, flush=True)
-    launch.exit_now(FAILED_EXIT)
+    control.leave(FAILED_EXIT)
   lost = gen.lost_requests(err.dead) if isinstance(err, PeerFailure) else {}
   done = gen.completed()
   lines = [f"error: {err}"]
@@ -167,7 +167,7 @@ def on_failure(err, gen, control, prompts) -> None:
         {"tokens": tokens, "error": str(err), "lost": {str(p): r for p, r in lost.items()}}))
     lines.append(f"  wrote the completed requests to {_OUTPUT.value}")
   print("\n".join(lines), file=sys.stderr, flush=True)
-  launch.exit_now(FAILED_EXIT)
+  control.leave(FAILED_EXIT)
 
 
 def run_distributed(spec: launch.DistributedSpec) -> int:
@@ -195,7 +195,7 @@ def run_distributed(spec: launch.DistributedSpec) -> int:
   except (ConfigError, PromptError, CheckpointError, ValueError) as e:
     control.abort(f"process {info.process_id}: {e}")
     print(f"error: {e}", file=sys.stderr, flush=True)
-    launch.exit_now(2)
+    control.leave(2)
   if info.process_id == COORDINATOR:
     where = lambda pool: [f"p{p}: devices {[d.id for d in gen.meshes[p].devices.flat]}"
                           for p in getattr(layout, f"{pool}_processes")]

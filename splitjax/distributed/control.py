@@ -17,7 +17,7 @@ Every wait is bounded and watches for failures between short polls:
 
 A wait raises :class:`PeerFailure` (naming the dead processes),
 :class:`JobAborted` or :class:`ControlTimeout`; callers report and exit
-(``launch.exit_now``) instead of hanging.
+(``Control.leave``: process 0, which hosts the service, last) instead of hanging.
 """
 
 from __future__ import annotations
@@ -212,6 +212,30 @@ class Control:
       if time.monotonic() > deadline:
         raise ControlTimeout(f"process {self.process_id}: {what} not ready after {timeout_s:.0f} s")
       time.sleep(0.002)
+
+  def leave(self, code: int, timeout_s: float | None = None) -> None:
+    """Ends this process without the orderly shutdown (after a failure, or
+    with transfers still pending); never returns. Process 0 hosts the
+    coordination service, and JAX aborts every process still connected when
+    it goes, so process 0 leaves last: it waits (at most ``timeout_s``, default
+    the heartbeat timeout) until every other process has said it is leaving
+    or counts as dead."""
+    from splitjax.distributed.launch import exit_now
+    try:
+      if self.process_id != 0:
+        self.publish(f"left/{self.process_id}", code)
+      else:
+        deadline = time.monotonic() + (timeout_s or self.timeout_s) + self.interval_s
+        prefix = f"{self.ns}/left/"
+        while time.monotonic() < deadline:
+          left = {k[len(prefix):] for k, _ in self.client.key_value_dir_get(prefix)}
+          waiting = {p for p in range(1, self.num_processes) if str(p) not in left}
+          if waiting <= set(self.dead_peers()):
+            break
+          time.sleep(0.05)
+    except Exception:   # the service is gone or broken: nothing left to wait for
+      pass
+    exit_now(code)
 
   def finish(self, timeout_s: float = 60.0) -> None:
     """Successful end: a barrier (every process has finished reading), then

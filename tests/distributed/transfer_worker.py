@@ -121,4 +121,4 @@ control.barrier("checked", TIMEOUT_S)
 result["errors"] = {**result.get("errors", {}), **receiver_errors()}
 print("RESULT " + json.dumps(result), flush=True)
 control.barrier("reported", TIMEOUT_S)
-launch.exit_now(0)   # the rejected transfers are still pending: no orderly shutdown
+control.leave(0)   # the rejected transfers are still pending: no orderly shutdown
