@@ -5,14 +5,19 @@ arguments (the single-program model). Process 0 (``layout.COORDINATOR``)
 plans: wave ``w`` (up to ``decode_slots`` prompts, as in
 ``engine.generate.Generator``) is prefilled by prompt process
 ``P[w % |P|]`` and decoded by token process ``T[(w // |P|) % |T|]``; the plan
-is broadcast through the coordination key-value store. Then
+is broadcast through the coordination key-value store. Then every process
+walks every wave's transfers (one per prefill group) in plan order, because
+JAX needs every process to issue every cross-process transfer in one order
+(see ``kv_transfer``):
 
-- a prompt process prefills its waves group by group and sends each group's
-  prefix to the wave's token process (``kv_transfer``; serialized or
-  layer-wise as ``cfg.transfer`` says), without waiting;
-- a token process receives its waves in wave order, inserts the rows, decodes
-  ``max_new_tokens - 1`` steps and publishes the wave's tokens;
-- process 0 collects every wave's tokens.
+- the wave's prompt process prefills the group and sends its prefix to the
+  wave's token process (serialized or layer-wise as ``cfg.transfer`` says),
+  without waiting;
+- the wave's token process receives it and inserts the rows; once the wave's
+  groups are in, it dispatches ``max_new_tokens - 1`` decode steps and moves
+  on, publishing the wave's tokens as soon as they are computed;
+- every other process skips the transfer (same device_put, no data);
+- finally process 0 collects every wave's tokens.
 
 Each prompt process gets its own engine on the first ``prefill_mesh.size``
 devices of that process, each token process on the first
