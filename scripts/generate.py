@@ -195,7 +195,9 @@ def run_distributed(spec: launch.DistributedSpec) -> int:
   except (ConfigError, PromptError, CheckpointError, ValueError) as e:
     control.abort(f"process {info.process_id}: {e}")
     print(f"error: {e}", file=sys.stderr, flush=True)
-    control.leave(2)
+    # Every process finds bad input itself; process 0 waits (bounded) for slow
+    # peers to say so too before it takes the coordination service down.
+    control.leave(2, timeout_s=45.0)
   if info.process_id == COORDINATOR:
     where = lambda pool: [f"p{p}: devices {[d.id for d in gen.meshes[p].devices.flat]}"
                           for p in getattr(layout, f"{pool}_processes")]

@@ -13,7 +13,8 @@ trace's lengths, as in the Splitwise paper).
   python scripts/serve.py --config configs/split.py --http_port 8000
 
 serves the cluster over HTTP instead (OpenAI-compatible /v1/completions, /v1/models,
-/health, /metrics; the ``server`` extra) until interrupted; the workload is not used.
+/health, /metrics; the ``server`` extra) until interrupted, then writes DIR/summary.json and
+DIR/requests.csv of the requests it served; the workload is not used.
 Text prompts use the checkpoint's tokenizer.json, else UTF-8 bytes as token ids.
 """
 
@@ -136,6 +137,7 @@ def _serve_http(cluster, tokenizer) -> int:
   """Warm up every prompt bucket, then serve HTTP until interrupted."""
   import uvicorn
 
+  from splitjax import report
   from splitjax.runtime.online_types import OnlineLimits
   from splitjax.server.launch import build_server, uvicorn_config
   from splitjax.server.metrics import host_rates
@@ -159,6 +161,11 @@ def _serve_http(cluster, tokenizer) -> int:
     pass
   finally:
     server.engine.stop()
+  # The served requests, as a replay reports them (summary.json / requests.csv).
+  out = Path(_OUTPUT.value)
+  summary = server.recorder.write(out, server.engine.clock.now())
+  print(report.summary_table(summary.to_dict()))
+  print(f"wrote {out}/summary.json, requests.csv")
   return 0
 
 

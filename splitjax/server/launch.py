@@ -21,29 +21,33 @@ from splitjax.runtime.online import OnlineEngine
 from splitjax.runtime.online_types import OnlineLimits
 from splitjax.server.app import create_app
 from splitjax.server.metrics import ServerMetrics
+from splitjax.server.run_record import FanOut, RunRecorder
 from splitjax.server.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
 class Server:
-  """An app and the engine behind it (the engine is not started yet)."""
+  """An app and the engine behind it (the engine is not started yet);
+  ``recorder`` keeps the ended requests' records (summary.json, requests.csv)."""
   app: FastAPI
   engine: OnlineEngine
   metrics: ServerMetrics
   tokenizer: Tokenizer
   model_name: str
+  recorder: RunRecorder
 
 
 def build_server(cluster: Cluster, tokenizer: Tokenizer, *, model_name: str | None = None,
                  limits: OnlineLimits = OnlineLimits(),
                  rates: Mapping[str, InstanceRates] | None = None) -> Server:
-  """Engine (fresh scheduling state) + metrics + app for ``cluster``."""
+  """Engine (fresh scheduling state) + metrics + run recorder + app for ``cluster``."""
   holder: list[OnlineEngine] = []
-  metrics = ServerMetrics(lambda: holder[0].snapshot, rates)
-  engine = cluster.online(limits, metrics)
+  metrics, recorder = ServerMetrics(lambda: holder[0].snapshot, rates), RunRecorder()
+  engine = cluster.online(limits, FanOut(metrics, recorder))
   holder.append(engine)
   name = model_name or cluster.cfg.model.name
-  return Server(create_app(engine, tokenizer, metrics, name), engine, metrics, tokenizer, name)
+  return Server(create_app(engine, tokenizer, metrics, name), engine, metrics, tokenizer, name,
+                recorder)
 
 
 def uvicorn_config(app: FastAPI, host: str, port: int, log_level: str = "warning",
