@@ -28,6 +28,19 @@ def post(url: str, body: bytes | dict, path: str = "/v1/completions", timeout: f
     conn.close()
 
 
+def open_stream(url: str, body: dict) -> tuple[http.client.HTTPConnection,
+                                               http.client.HTTPResponse]:
+  """POSTs a streaming completion; returns the open connection and its response
+  once the first SSE line has been read (the request is running)."""
+  u = urlparse(url)
+  conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+  conn.request("POST", "/v1/completions", body=json.dumps(body | {"stream": True}),
+               headers={"Content-Type": "application/json"})
+  r = conn.getresponse()
+  assert r.status == 200 and r.readline().startswith(b"data: ")
+  return conn, r
+
+
 def metrics(url: str) -> dict[tuple[str, tuple], float]:
   """Every sample of /metrics: (name, sorted label items) -> value."""
   u = urlparse(url)

@@ -1,15 +1,12 @@
 """/metrics parses with the Prometheus text parser and agrees with the requests
 served; a full queue answers 429 at once (with a reason), a stopped engine 503."""
 
-import http.client
-import json
-from urllib.parse import urlparse
 
 
 from splitjax.runtime.online_types import OnlineLimits
 from splitjax.server.metrics import host_rates
 from tests.server.conftest import start
-from tests.server.helpers import engine_drained, engine_leaks, metrics, post, wait_for
+from tests.server.helpers import engine_drained, engine_leaks, metrics, open_stream, post, wait_for
 
 REQ = ("splitjax_requests_total", (("reason", "length"),))
 
@@ -56,13 +53,7 @@ def test_a_full_queue_answers_429_then_serves_again(cluster):
   rates = host_rates(["prompt0", "prompt1", "token0", "token1"], 400.0, 2.0)
   lv, http_ = start(cluster, OnlineLimits(max_waiting=1, max_open=1), rates=rates)
   try:
-    u = urlparse(lv.url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    conn.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": [7] * 10, "max_tokens": 60, "temperature": 0, "stream": True}),
-        headers={"Content-Type": "application/json"})
-    first = conn.getresponse()
-    assert first.status == 200 and first.readline().startswith(b"data: ")
+    conn, first = open_stream(lv.url, {"prompt": [7] * 10, "max_tokens": 60, "temperature": 0})
     code, headers, body = post(lv.url, {"prompt": "x", "max_tokens": 2})
     assert code == 429 and headers.get("retry-after") == "1"
     assert "server full" in body["error"]["message"], body

@@ -2,9 +2,6 @@
 give the greedy tokens of Cluster.generate; stop strings; a client that goes
 away mid-stream frees everything its request held."""
 
-import http.client
-import json
-from urllib.parse import urlparse
 
 import pytest
 
@@ -12,7 +9,7 @@ openai = pytest.importorskip("openai")
 
 from splitjax.server.tokenizer import ByteTokenizer  # noqa: E402
 from tests.server.conftest import MODEL_NAME  # noqa: E402
-from tests.server.helpers import engine_drained, engine_leaks, metrics, wait_for  # noqa: E402
+from tests.server.helpers import engine_drained, engine_leaks, metrics, open_stream, wait_for  # noqa: E402
 
 PROMPTS = [[1, 2, 3, 4, 5], list(range(10, 50)), [300, 7]]
 NEW = 12
@@ -64,13 +61,7 @@ def test_sampled_requests_complete(client):
 
 def test_a_client_going_away_mid_stream_frees_its_request(live):
   before = metrics(live.url).get(("splitjax_requests_total", (("reason", "aborted"),)), 0)
-  u = urlparse(live.url)
-  conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-  conn.request("POST", "/v1/completions", body=json.dumps(
-      {"prompt": [5] * 20, "max_tokens": 100, "temperature": 0, "stream": True}),
-      headers={"Content-Type": "application/json"})
-  r = conn.getresponse()
-  assert r.status == 200 and r.readline().startswith(b"data: ")
+  conn, _ = open_stream(live.url, {"prompt": [5] * 20, "max_tokens": 100, "temperature": 0})
   conn.sock.close()          # gone without reading the rest
   conn.close()
   wait_for(lambda: metrics(live.url).get(
