@@ -72,9 +72,9 @@ def searches(settings, log):
   specs = [P.budget_spec(t, d, k, settings) for t in settings.traces for d in designs
            for k in (BudgetKind.ISO_POWER, BudgetKind.ISO_COST)]
   if _BEYOND.value:
-    specs += [P.budget_spec(t, P.PaperDesign.SPLITWISE_ANY, k, settings,
-                            tuning=P.Tuning.LAZY_BORROW) for t in settings.traces
-              for k in (BudgetKind.ISO_POWER, BudgetKind.ISO_COST)]
+    specs += [P.budget_spec(t, P.PaperDesign.SPLITWISE_ANY, k, settings, tuning=tuning)
+              for tuning in settings.tunings if tuning != P.Tuning.DEFAULT
+              for t in settings.traces for k in (BudgetKind.ISO_POWER, BudgetKind.ISO_COST)]
   if P.Trace.CODE in settings.traces:
     specs.append(P.code_cost_spec(settings))
   outcomes = P.run_specs(specs, settings, log)

@@ -140,6 +140,8 @@ class RunSettings:
   refine_step: int = 1
   budget_scale: float = 1.0
   traces: tuple[Trace, ...] = (Trace.CODE, Trace.CONV)
+  # Mixed-pool tunings Splitwise-any is searched with (the better one counts).
+  tunings: tuple[Tuning, ...] = (Tuning.DEFAULT, Tuning.LAZY_BORROW)
   workers: int = 0
   cache_dir: str = ""
   deviation: float = 0.2          # |ours / paper - 1| above this triggers the reruns
@@ -158,7 +160,8 @@ class RunSettings:
     return max(2 * self.step, math.ceil(1.5 * PAPER_H100_MACHINES * self.budget_scale))
 
 
-QUICK = RunSettings(min_duration_s=60.0, step=10, tolerance=0.1, refine_step=0)
+QUICK = RunSettings(min_duration_s=60.0, step=10, tolerance=0.1, refine_step=0,
+                    tunings=(Tuning.DEFAULT,))
 
 
 def base_sim(trace: Trace, design: PaperDesign, variant: Variant = Variant.OURS,

@@ -139,9 +139,9 @@ def _beyond_claim(outcomes: Outcomes, settings: RunSettings, variant: Variant,
                  f"{top.max_rate:.1f} req/s")
     if worst is None or ratio < worst:
       worst, label = ratio, ours.layout.label
-  return Claim(key, worst, "Splitwise-any winner (default or lazy mixed-pool borrowing) / "
-               "best of the six designs' winners, same budget (lowest over traces)",
-               "; ".join(parts), label)
+  tunings = " or ".join(t.value for t in settings.tunings)
+  return Claim(key, worst, f"Splitwise-any winner ({tunings} mixed pool) / best of the six "
+               "designs' winners, same budget (lowest over traces)", "; ".join(parts), label)
 
 
 def _hhcap_claim(outcomes: Outcomes, settings: RunSettings, variant: Variant) -> Claim:

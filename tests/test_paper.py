@@ -127,6 +127,7 @@ def test_figures_are_written(tmp_path):
     assert p.read_bytes()[:4] == b"\x89PNG"
   assert pp.plot_hh_heatmap({}, P.Trace.CODE, tmp_path / "none.png", sweep) is None
   assert P.QUICK.min_duration_s == 60.0 and P.QUICK.probe().window.start == 0.25
+  assert P.QUICK.tunings == (P.Tuning.DEFAULT,)
 
 
 def test_probe_length_section_compares_ratios_across_lengths():
