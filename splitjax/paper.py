@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping
 
 from splitjax.provision import (Bisection, Budget, BudgetKind, Design, Layout, Objective,
                                 SearchSpace, SimProbe, machine_price, search)
-from splitjax.provision_layout import ProbeSettings
+from splitjax.provision_layout import Pool, ProbeSettings, prices
 from splitjax.sim.hardware import get_hardware
 
 H100, A100, H100_CAP = "dgx-h100", "dgx-a100", "dgx-h100-pcap"
@@ -319,3 +319,50 @@ def length_check(trace: Trace, design: PaperDesign, layout: Layout, duration_s: 
     probe = CachedProbe(probe, Path(settings.cache_dir))
   bracket = max_rate(layout, probe, Bisection(tolerance=settings.tolerance))
   return LengthCheck(trace, design, layout, duration_s, bracket.lower)
+
+
+HHCAP_PAPER_SPLIT = (25, 21)   # configs/sim/splitwise_hhcap.py: H100 prompt : capped H100 token
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedSplitCheck:
+  """The least-power HHcap layout on the paper's prompt : token split (scaled
+  by tenths) serving ``rate`` req/s: ``layout`` None if even 1.5x the split
+  misses it; ``power_w`` its GPU power, ``baseline_power_w`` Baseline-H100's
+  (the iso-power budget)."""
+  trace: Trace
+  rate: float
+  layout: Layout | None
+  power_w: float
+  baseline_power_w: float
+
+  @property
+  def ratio(self) -> float:
+    return self.power_w / self.baseline_power_w
+
+
+def fixed_split_hhcap(trace: Trace, rate: float, settings: RunSettings) -> FixedSplitCheck:
+  """HHcap's least power at ``rate`` with its split held at the paper's 25 : 21
+  (our search picks any split): one probe per scale 0.1, 0.2, ... 1.5 of it,
+  stopping at the first that meets the rate (cached like the searches)."""
+  from pathlib import Path
+
+  from splitjax.provision import at_rate
+  from splitjax.provision_layout import CachedProbe
+  probe = SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HHCAP), settings.probe())
+  if settings.cache_dir:
+    probe = CachedProbe(probe, Path(settings.cache_dir))
+  prompt, token = HHCAP_PAPER_SPLIT
+  baseline = paper_budget(BudgetKind.ISO_POWER, settings.budget_scale).power_w
+  seen = set()
+  for tenths in range(1, 16):
+    s = tenths / 10 * settings.budget_scale
+    counts = (max(1, round(prompt * s)), max(1, round(token * s)))
+    if counts in seen:
+      continue
+    seen.add(counts)
+    layout = Layout(Pool(counts[0], H100), Pool(counts[1], H100_CAP))
+    if at_rate(layout, probe, rate).lower > 0:
+      power = layout.price(prices((H100, H100_CAP))).power_w
+      return FixedSplitCheck(trace, rate, layout, power, baseline)
+  return FixedSplitCheck(trace, rate, None, math.nan, baseline)

@@ -166,3 +166,17 @@ def test_beyond_claims_compare_splitwise_any_with_the_best_paper_design():
   any_space = P.PaperDesign.SPLITWISE_ANY.space(5, refine_step=1)
   assert any_space.prompt_kinds == (H, A) and any_space.token_kinds == (H, A, CAP)
   assert P.PaperDesign.SPLITWISE_ANY not in P.PAPER_DESIGNS and len(P.PAPER_DESIGNS) == 6
+
+
+def test_the_hhcap_claim_with_the_papers_split_held_fixed():
+  hh = lambda p, t: Layout(Pool(p, H), Pool(t, CAP))
+  budget = P.paper_budget(BudgetKind.ISO_POWER).power_w
+  fixed = [P.FixedSplitCheck(P.Trace.CODE, 99.3, hh(18, 15), 159600.0, budget),
+           P.FixedSplitCheck(P.Trace.CONV, 99.3, None, math.nan, budget)]
+  assert fixed[0].ratio == pytest.approx(159600.0 / 224000.0)
+  outcomes = _outcomes()
+  md = pp.render_report(C.compute_claims(outcomes, S), {}, outcomes, S, [], fixed=fixed)
+  part = md.split("## Where")[1].split("## Probe")[0]
+  assert "split held at the paper's 25 prompt : 21 capped token machines" in part
+  assert "0.71x power (lowest over traces)" in part and "18 dgx-h100 + 15 dgx-h100-pcap" in part
+  assert "conv: no scale up to 1.5x serves 99.3 req/s" in part
