@@ -85,17 +85,6 @@ def repeats_for(mib: float) -> int:
   return _REPEATS.value if mib < 256 else min(2, _REPEATS.value)
 
 
-def best(fn, n: int) -> float:
-  """Minimum seconds of ``fn()`` over ``n`` runs after one warm-up."""
-  fn()
-  times = []
-  for _ in range(n):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
-
-
 def engines(meshes):
   """Engines of ``--model`` (random weights) on each mesh, and the weights."""
   from splitjax.config import EngineConfig
@@ -154,6 +143,7 @@ def in_process() -> dict:
   from jax.sharding import NamedSharding
 
   from splitjax import mesh as mesh_lib
+  from splitjax.benchmarking import best_time
   from splitjax.config import MeshConfig, TransferMode
   tp = _TP.value
   meshes = [mesh_lib.make_mesh(MeshConfig(tp=tp, first_device=i * tp)) for i in (0, 1)]
@@ -161,7 +151,7 @@ def in_process() -> dict:
   bandwidth = []
   for mib in map(float, _SIZES.value):
     kv = make_kv(int(mib * 2**20), meshes[0])
-    s = best(lambda: jax.block_until_ready(jax.device_put(kv, dst)), repeats_for(mib))
+    s = best_time(lambda: jax.block_until_ready(jax.device_put(kv, dst)), repeats_for(mib))
     bandwidth.append(dict(mib=mib, seconds=s))
     del kv
   (pe, de), params = engines(meshes)
