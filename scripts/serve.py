@@ -16,6 +16,15 @@ serves the cluster over HTTP instead (OpenAI-compatible /v1/completions, /v1/mod
 /health, /metrics; the ``server`` extra) until interrupted, then writes DIR/summary.json and
 DIR/requests.csv of the requests it served; the workload is not used.
 Text prompts use the checkpoint's tokenizer.json, else UTF-8 bytes as token ids.
+
+  python scripts/launch_local.py -n 2 -- scripts/serve.py --config configs/split.py
+
+replays the workload with the prompt instances in some processes and the token
+instances in others (``splitjax.distributed.serving``; ``--process_pools`` says
+which pool each process serves, default first half prompt, rest token). Every
+process runs this program; process 0 runs the policy, prints and writes the
+files. A dead or stopped process ends the job (exit code 3) naming it and the
+requests in flight on it; the files still hold every finished request.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from splitjax import cli  # noqa: E402
+from splitjax.distributed import launch  # noqa: E402
 
 _CONFIG = cli.define_config(cli.repo_path("configs", "split.py"), "Serving config file.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF Llama dir or splitjax checkpoint dir.")
@@ -48,6 +58,16 @@ _MODEL_NAME = flags.DEFINE_string("model_name", None, "HTTP: the model id client
                                   "(default: the config's model name).")
 _HARDWARE = flags.DEFINE_string("hardware", "cpu-host", "HTTP: catalog machine whose power and "
                                 "price the energy / cost counters use ('' for none).")
+_DIST = launch.define_flags()
+_POOLS = flags.DEFINE_string("process_pools", None, "Multi-process: pool of each process, e.g. "
+                             "'prompt,token,token' (default: first half prompt, rest token).")
+_WAIT = flags.DEFINE_float("wait_timeout_s", 300.0, "Multi-process: longest wait on another "
+                           "process that is alive.")
+_FAULT_PROCESS = flags.DEFINE_integer("fault_process", None, "Testing, multi-process: this "
+                                      "process (not 0) kills itself (SIGKILL) after "
+                                      "--fault_after_ops ops of the replay.")
+_FAULT_OPS = flags.DEFINE_integer("fault_after_ops", 10, "Testing: see --fault_process.")
+FAILED_EXIT = 3
 _CACHE = flags.DEFINE_string("compilation_cache_dir", cli.repo_path(".cache", "jax"),
                              "Persistent XLA compilation cache ('' to disable): a re-run "
                              "skips compiling.")
@@ -81,45 +101,72 @@ def main(argv):
   cli.use_cpu_devices(_DEVICES.value)
   if _CACHE.value:
     cli.use_compilation_cache(_CACHE.value)
-  import dataclasses
-
-  from splitjax import report, workload
-  from splitjax.config import ConfigError, from_config_dict, to_plain_dict
-  from splitjax.metrics import write_requests_csv, write_timeline_csv, write_token_times_jsonl
-  from splitjax.model.hf_import import CheckpointError
-  from splitjax.model.loading import load_model
+  spec = launch.spec_from_flags(_DIST)
+  if spec.multi_process:
+    return run_distributed(spec)
+  from splitjax import workload
   from splitjax.runtime.cluster import Cluster, instance_mesh_configs
-  from splitjax.serve_config import ServeConfig
 
   try:
-    cfg = from_config_dict(ServeConfig, _CONFIG.value)
-    defs, params, model = load_model(_CHECKPOINT.value, cfg.model, cfg.seed)
-    cfg = dataclasses.replace(cfg, model=model)
+    cfg, defs, params = load_inputs()
     cluster = Cluster(cfg, defs, params)
     if _HTTP_PORT.value is not None:
       from splitjax.server.tokenizer import load_tokenizer
-      tokenizer = load_tokenizer(_CHECKPOINT.value, model.vocab_size)
+      tokenizer = load_tokenizer(_CHECKPOINT.value, cfg.model.vocab_size)
     else:
       specs = workload.build(cfg.workload, cluster.max_request_tokens)
-  except (ConfigError, CheckpointError, workload.TraceError, ValueError) as e:
+  except input_errors() as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if _HTTP_PORT.value is not None:
     return _serve_http(cluster, tokenizer)
   meshes = instance_mesh_configs(cfg)
-  print(f"model {model.name}: {model.num_layers} layers, {model.param_count() / 1e6:.1f}M params; "
-        f"policy {cfg.scheduler.policy.value}"
-        + (" + mixed pool" if cfg.scheduler.mixed_pool else ""))
-  for name, m in zip(cluster.names, meshes):
-    print(f"  {name:<12} devices {list(range(m.first_device, m.first_device + m.size))} "
-          f"(dp={m.dp}, tp={m.tp})")
-  span = max((s.arrival_s for s in specs), default=0.0)
-  print(f"workload: {len(specs)} requests over {span:.1f} s "
-        f"({cfg.workload.source.value} {cfg.workload.trace})")
+  describe(cfg, [f"{name:<12} devices {list(range(m.first_device, m.first_device + m.size))} "
+                 f"(dp={m.dp}, tp={m.tp})" for name, m in zip(cluster.names, meshes)], specs)
   if _WARMUP.value:
     n, secs = cluster.warmup(s.prompt_tokens for s in specs)
     print(f"warm-up: programs for {n} prompt buckets compiled in {secs:.1f} s")
-  result = cluster.replay(specs, progress=Progress(_PROGRESS.value))
+  write_outputs(cfg, cluster.replay(specs, progress=Progress(_PROGRESS.value)))
+  return 0
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+  """What bad input raises while loading (reported as ``error: ...``, exit 2)."""
+  from splitjax import workload
+  from splitjax.config import ConfigError
+  from splitjax.model.hf_import import CheckpointError
+  return (ConfigError, CheckpointError, workload.TraceError, ValueError)
+
+
+def load_inputs():
+  """(cfg, defs, params) from the config and the checkpoint (or random weights)."""
+  import dataclasses
+
+  from splitjax.config import from_config_dict
+  from splitjax.model.loading import load_model
+  from splitjax.serve_config import ServeConfig
+  cfg = from_config_dict(ServeConfig, _CONFIG.value)
+  defs, params, model = load_model(_CHECKPOINT.value, cfg.model, cfg.seed)
+  return dataclasses.replace(cfg, model=model), defs, params
+
+
+def describe(cfg, instances: list[str], specs) -> None:
+  model = cfg.model
+  print(f"model {model.name}: {model.num_layers} layers, {model.param_count() / 1e6:.1f}M params; "
+        f"policy {cfg.scheduler.policy.value}"
+        + (" + mixed pool" if cfg.scheduler.mixed_pool else ""))
+  for line in instances:
+    print(f"  {line}")
+  span = max((s.arrival_s for s in specs), default=0.0)
+  print(f"workload: {len(specs)} requests over {span:.1f} s "
+        f"({cfg.workload.source.value} {cfg.workload.trace})")
+
+
+def write_outputs(cfg, result) -> Path:
+  """The run's files under --output_dir, and the summary table."""
+  from splitjax import report
+  from splitjax.config import to_plain_dict
+  from splitjax.metrics import write_requests_csv, write_timeline_csv, write_token_times_jsonl
   out = Path(_OUTPUT.value)
   out.mkdir(parents=True, exist_ok=True)
   summary = result.to_dict()
@@ -130,7 +177,72 @@ def main(argv):
   write_token_times_jsonl(result.records, out / "token_times.jsonl")
   print(report.summary_table(summary))
   print(f"wrote {out}/summary.json, requests.csv, token_times.jsonl, timeline.csv, config.json")
+  return out
+
+
+def run_distributed(spec) -> int:
+  """This process's part of a multi-process replay (see module doc); bad
+  input aborts every process (exit 2), a lost peer ends the job (exit 3)."""
+  from splitjax import workload
+  from splitjax.distributed.control import Control, ControlError
+  from splitjax.distributed.layout import COORDINATOR, ProcessLayout
+  from splitjax.distributed.serving import DistributedCluster, LostPeer
+  if _HTTP_PORT.value is not None:
+    print("error: --http_port serves from one process; run it without a process layout",
+          file=sys.stderr)
+    return 2
+  info = launch.initialize(spec)
+  control = Control.from_jax(heartbeat_timeout_s=spec.heartbeat_timeout_s)
+  control.start()
+  me = info.process_id
+  try:
+    cfg, defs, params = load_inputs()
+    layout = ProcessLayout.parse(_POOLS.value, info.num_processes)
+    cluster = DistributedCluster(cfg, defs, params, layout, control, _WAIT.value)
+    specs = workload.build(cfg.workload, cluster.max_request_tokens)
+  except input_errors() as e:
+    control.abort(f"process {me}: {e}")
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    control.leave(2, timeout_s=45.0)    # process 0 waits (bounded) for slow peers
+  if me == COORDINATOR:
+    print(f"{info.num_processes} processes ({layout.describe()})")
+    describe(cfg, cluster.describe(), specs)
+  if _WARMUP.value:
+    n, secs = cluster.warmup(s.prompt_tokens for s in specs)
+    print(f"process {me}: programs for {n} prompt buckets compiled in {secs:.1f} s", flush=True)
+  try:
+    control.barrier("warm", _WAIT.value)
+    result = cluster.replay(specs, progress=Progress(_PROGRESS.value and me == COORDINATOR),
+                            on_op=_fault_hook(me))
+  except LostPeer as e:
+    lines = [f"error: {e}"] + [
+        f"  requests in flight on process {p} ({layout.pools[p].value} pool): {ids}"
+        for p, ids in e.lost.items()]
+    control.abort("; ".join(lines))
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    write_outputs(cfg, e.result)
+    control.leave(FAILED_EXIT)
+  except ControlError as e:
+    print(f"error: process {me}: {e}", file=sys.stderr, flush=True)
+    control.leave(FAILED_EXIT)
+  if me == COORDINATOR:
+    write_outputs(cfg, result)
+  control.finish()
   return 0
+
+
+def _fault_hook(me: int):
+  """--fault_process: SIGKILL after --fault_after_ops ops (testing)."""
+  if _FAULT_PROCESS.value is None or _FAULT_PROCESS.value != me:
+    return None
+  import os
+  import signal
+
+  def hook(n: int) -> None:
+    if n == _FAULT_OPS.value:
+      print(f"process {me}: injecting fault (SIGKILL) after {n} ops", flush=True)
+      os.kill(os.getpid(), signal.SIGKILL)
+  return hook
 
 
 def _serve_http(cluster, tokenizer) -> int:

@@ -268,13 +268,14 @@ def write_requests_csv(records: Sequence[RequestRecord], path: str | os.PathLike
 
 
 def write_token_times_jsonl(records: Sequence[RequestRecord], path: str | os.PathLike) -> None:
-  """One JSON line per request: ``{"request_id", "arrival_s", "token_times_s": [...]}``
-  (absolute seconds on the run's clock; every emitted token)."""
+  """One JSON line per request: ``{"request_id", "arrival_s", "token_times_s": [...],
+  "token_ids": [...]}`` (absolute seconds on the run's clock and the ids of every
+  emitted token; ids are empty where the driver computes none, e.g. simulations)."""
   import json
   with open(path, "w") as f:
     for r in records:
       f.write(json.dumps({"request_id": r.request_id, "arrival_s": r.arrival_s,
-                          "token_times_s": r.token_times_s}) + "\n")
+                          "token_times_s": r.token_times_s, "token_ids": r.token_ids}) + "\n")
 
 
 def _cell(x: float | None) -> str:

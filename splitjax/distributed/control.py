@@ -156,6 +156,21 @@ class Control:
         return None
       raise
 
+  def wait_for(self, key: str, wait_s: float) -> Any | None:
+    """The JSON value of ``key``, waiting at most ``wait_s`` for it (None if
+    still unset then); one call to the service, no failure checks."""
+    try:
+      return json.loads(self.client.blocking_key_value_get(f"{self.ns}/{key}",
+                                                           max(1, int(wait_s * 1000))))
+    except Exception as e:
+      if "DEADLINE_EXCEEDED" in str(e):
+        return None
+      raise
+
+  def delete(self, key: str) -> None:
+    """Removes ``key`` (values read once by their only reader)."""
+    self.client.key_value_delete(f"{self.ns}/{key}")
+
   def read(self, key: str, timeout_s: float) -> Any:
     """Waits for ``key`` (JSON); raises PeerFailure / JobAborted / ControlTimeout."""
     deadline = time.monotonic() + timeout_s

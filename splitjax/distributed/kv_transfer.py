@@ -69,6 +69,7 @@ class Header:
   mesh_shape: tuple[int, int]
   kv: tuple[tuple[tuple[int, ...], str], ...]
   rest: tuple[tuple[tuple[int, ...], str], ...]
+  cancelled: bool = False     # the sender could not produce the KV: nothing moves
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -77,7 +78,8 @@ class Header:
   def from_json(cls, d: dict) -> "Header":
     pairs = lambda xs: tuple((tuple(s), str(t)) for s, t in xs)
     return cls(int(d["seq"]), int(d["src"]), int(d["dst"]), str(d["tag"]), tuple(d["devices"]),
-               tuple(d["mesh_shape"]), pairs(d["kv"]), pairs(d["rest"]))
+               tuple(d["mesh_shape"]), pairs(d["kv"]), pairs(d["rest"]),
+               bool(d.get("cancelled", False)))
 
   @property
   def kv_nbytes(self) -> int:
@@ -143,14 +145,25 @@ class KVChannel:
       jax.block_until_ready((prefix.kv, rest))
     self._put(prefix.kv, rest, dst_mesh)
 
+  def cancel(self, src_mesh: Mesh, dst_process: int, tag: str) -> None:
+    """Announces that this process's next transfer (``tag``) will not happen
+    (its prefill failed): every process moves past it without a device_put."""
+    header = Header(self._take_seq(), self.me, dst_process, tag, _device_ids(src_mesh),
+                    _mesh_shape(src_mesh), (), (), cancelled=True)
+    self.control.publish(f"xfer/{header.seq}", header.to_json())
+
   def receive(self, layout: KVLayout, src_process: int, src_mesh: Mesh, dst_mesh: Mesh,
-              tag: str, batch_shape: tuple[int, int] | None, timeout_s: float) -> Prefix:
+              tag: str, batch_shape: tuple[int, int] | None,
+              timeout_s: float) -> Prefix | None:
     """Waits for the next transfer's header, checks that it is ``tag`` from
     ``src_process`` to this process and matches ``layout`` / ``batch_shape``
     (expected (B, T), or None) and the meshes, and starts receiving onto
-    ``dst_mesh``. Returns the in-flight Prefix. Raises KVLayoutError on any
-    mismatch, or the control plane's errors (dead peer, abort, timeout)."""
+    ``dst_mesh``. Returns the in-flight Prefix, or None if the sender
+    cancelled it. Raises KVLayoutError on any mismatch, or the control
+    plane's errors (dead peer, abort, timeout)."""
     header = self._next_header(src_process, self.me, tag, timeout_s)
+    if header.cancelled:
+      return None
     self._check_header(header, layout, src_mesh, dst_mesh, batch_shape)
     return self._put(*self._placeholders(header, src_mesh), dst_mesh)
 
@@ -160,6 +173,8 @@ class KVChannel:
     without moving data: the same device_put on placeholders, so this
     process's transfer keys stay in step (see module doc)."""
     header = self._next_header(src_process, dst_process, tag, timeout_s)
+    if header.cancelled:
+      return
     if header.devices != _device_ids(src_mesh):
       raise KVLayoutError(f"transfer #{header.seq} comes from devices {header.devices}, "
                           f"expected {_device_ids(src_mesh)}")

@@ -276,8 +276,17 @@ def replay(coord: Coordinator, executor: Executor, specs: Sequence[RequestSpec],
   (each applied at the first pass at or after its time, unless the run ended).
   """
   run = Run(coord, executor, specs, clock, sample_every_s, transfer_retries)
+  return drive(run, progress=progress, faults=faults)
+
+
+def drive(run: Run, *, progress: Callable[[int, int], None] | None = None,
+          faults: Sequence[InstanceFault] = ()) -> RunResult:
+  """The loop of :func:`replay` over a prepared ``run``. A caller that must
+  report what finished when the executor raises (a lost peer process) keeps
+  ``run`` and reads ``run.records``."""
+  coord, executor, clock = run.coord, run.ex, run.clock
   pending = collections.deque(sorted(faults, key=lambda f: f.at_s))
-  total, ended = len(specs), -1
+  total, ended = len(run.records), -1
   while True:
     now = clock.now()
     run.admit_arrivals(now)
