@@ -71,3 +71,14 @@ def test_killed_token_process_is_reported_and_finished_requests_kept(single, tmp
   assert lost and all(r["status"] == "failed" and "stopped heart-beating" in r["reason"]
                       for r in lost)
   assert all(got[i] == want[i] for i in done)
+
+
+def test_four_processes_one_instance_each(single, tmp_path):
+  # p0, p1 prompt; p2, p3 token: every KV transfer has two bystanders that skip it
+  proc = launch(4, SERVE, *COMMON, f"--output_dir={tmp_path}", cpu_devices=2, timeout_s=300)
+  assert proc.returncode == 0, proc.stdout
+  assert "4 processes (p0=prompt, p1=prompt, p2=token, p3=token)" in proc.stdout
+  assert _tokens(tmp_path) == _tokens(single)
+  rows = _rows(tmp_path)
+  assert {r["status"] for r in rows} == {"completed"}
+  assert {r["prompt_instance"] for r in rows} == {"prompt0", "prompt1"}
