@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 from splitjax.distributed.control import Control
 from splitjax.distributed.instance_side import InstanceSide
 from splitjax.distributed.wire import ChunkRef, Message, MessageKind, Op, OpKind, ReqRef
-from splitjax.runtime.executor import Event, TransferDone, WorkDone, WorkFailed
+from splitjax.runtime.executor import Event, TransferDone, WorkDone, WorkFailed, resumed_ids
 from splitjax.runtime.faults import TransferFaults
 from splitjax.scheduling.records import Request, Work
 
@@ -107,10 +107,7 @@ class RemoteExecutor:
     self._publish(OpKind.FAIL, 0.0, instance=name)
 
   def resume(self, request: Request, emitted: Sequence[int]) -> None:
-    if len(emitted) != request.resumed:
-      raise ValueError(f"request {request.request_id} resumes after {request.resumed} tokens, "
-                       f"got {len(emitted)}")
-    self._resumed[request] = list(emitted)
+    self._resumed[request] = resumed_ids(request, emitted)
 
   def retry_transfer(self, request: Request, now: float) -> None:
     raise NotImplementedError("transfers across processes are not failed on purpose, so "

@@ -88,3 +88,12 @@ class Executor(Protocol):
   @property
   def busy(self) -> bool:
     """Some work or transfer is in flight."""
+
+
+def resumed_ids(request: Request, emitted: Sequence[int]) -> list[int]:
+  """``emitted`` as the ids ``request`` resumes after (``Executor.resume``);
+  raises ValueError unless there are exactly ``request.resumed`` of them."""
+  if len(emitted) != request.resumed:
+    raise ValueError(f"request {request.request_id} resumes after {request.resumed} tokens, "
+                     f"got {len(emitted)}")
+  return list(emitted)

@@ -38,7 +38,8 @@ from splitjax.engine.chunked import ChunkSpec
 from splitjax.engine.engine import Engine, PromptError
 from splitjax.engine.types import DecodeState, KVLayoutError, Prefix
 from splitjax.model.params import Params
-from splitjax.runtime.executor import Event, TransferDone, TransferFailed, WorkDone, WorkFailed
+from splitjax.runtime.executor import (Event, TransferDone, TransferFailed, WorkDone, WorkFailed,
+                                       resumed_ids)
 from splitjax.runtime.faults import TransferFaults
 from splitjax.scheduling.records import Request, Work, WorkKind
 
@@ -229,10 +230,7 @@ class JaxExecutor:
     rep.arrived.clear()
 
   def resume(self, request: Request, emitted: Sequence[int]) -> None:
-    if len(emitted) != request.resumed:
-      raise ValueError(f"request {request.request_id} resumes after {request.resumed} tokens, "
-                       f"got {len(emitted)}")
-    self._resumed[request] = list(emitted)
+    self._resumed[request] = resumed_ids(request, emitted)
 
   def retry_transfer(self, request: Request, now: float) -> None:
     self._start_transfer(self._sources.pop(request), request)
