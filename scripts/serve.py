@@ -24,7 +24,9 @@ instances in others (``splitjax.distributed.serving``; ``--process_pools`` says
 which pool each process serves, default first half prompt, rest token). Every
 process runs this program; process 0 runs the policy, prints and writes the
 files. A dead or stopped process ends the job (exit code 3) naming it and the
-requests in flight on it; the files still hold every finished request.
+requests in flight on it; the files still hold every finished request. With
+``--http_port`` process 0 serves HTTP and its engine drives every process;
+Ctrl-C on the launcher stops process 0's server, which then stops the others.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   if _HTTP_PORT.value is not None:
-    return _serve_http(cluster, tokenizer)
+    _serve_http(cluster, tokenizer)
+    return 0
   meshes = instance_mesh_configs(cfg)
   describe(cfg, [f"{name:<12} devices {list(range(m.first_device, m.first_device + m.size))} "
                  f"(dp={m.dp}, tp={m.tp})" for name, m in zip(cluster.names, meshes)], specs)
@@ -157,6 +160,8 @@ def describe(cfg, instances: list[str], specs) -> None:
         + (" + mixed pool" if cfg.scheduler.mixed_pool else ""))
   for line in instances:
     print(f"  {line}")
+  if not specs:
+    return
   span = max((s.arrival_s for s in specs), default=0.0)
   print(f"workload: {len(specs)} requests over {span:.1f} s "
         f"({cfg.workload.source.value} {cfg.workload.trace})")
@@ -187,10 +192,6 @@ def run_distributed(spec) -> int:
   from splitjax.distributed.control import Control, ControlError
   from splitjax.distributed.layout import COORDINATOR, ProcessLayout
   from splitjax.distributed.serving import DistributedCluster, LostPeer
-  if _HTTP_PORT.value is not None:
-    print("error: --http_port serves from one process; run it without a process layout",
-          file=sys.stderr)
-    return 2
   info = launch.initialize(spec)
   control = Control.from_jax(heartbeat_timeout_s=spec.heartbeat_timeout_s)
   control.start()
@@ -199,7 +200,12 @@ def run_distributed(spec) -> int:
     cfg, defs, params = load_inputs()
     layout = ProcessLayout.parse(_POOLS.value, info.num_processes)
     cluster = DistributedCluster(cfg, defs, params, layout, control, _WAIT.value)
-    specs = workload.build(cfg.workload, cluster.max_request_tokens)
+    if _HTTP_PORT.value is not None:
+      from splitjax.server.tokenizer import load_tokenizer
+      tokenizer = load_tokenizer(_CHECKPOINT.value, cfg.model.vocab_size)
+      specs = []
+    else:
+      specs = workload.build(cfg.workload, cluster.max_request_tokens)
   except input_errors() as e:
     control.abort(f"process {me}: {e}")
     print(f"error: {e}", file=sys.stderr, flush=True)
@@ -208,10 +214,14 @@ def run_distributed(spec) -> int:
     print(f"{info.num_processes} processes ({layout.describe()})")
     describe(cfg, cluster.describe(), specs)
   if _WARMUP.value:
-    n, secs = cluster.warmup(s.prompt_tokens for s in specs)
+    lengths = (cfg.engine.prefill_buckets if _HTTP_PORT.value is not None
+               else [s.prompt_tokens for s in specs])
+    n, secs = cluster.warmup(lengths)
     print(f"process {me}: programs for {n} prompt buckets compiled in {secs:.1f} s", flush=True)
   try:
     control.barrier("warm", _WAIT.value)
+    if _HTTP_PORT.value is not None:
+      return _serve_http_distributed(cluster, control, tokenizer)
     result = cluster.replay(specs, progress=Progress(_PROGRESS.value and me == COORDINATOR),
                             on_op=_fault_hook(me))
   except LostPeer as e:
@@ -245,8 +255,13 @@ def _fault_hook(me: int):
   return hook
 
 
-def _serve_http(cluster, tokenizer) -> int:
-  """Warm up every prompt bucket, then serve HTTP until interrupted."""
+def _serve_http(cluster, tokenizer, *, warm: bool = True, watch: bool = False):
+  """Serves HTTP until interrupted (warming every prompt bucket first if
+  ``warm``); writes the served requests' files. Returns the stopped Server.
+  ``watch``: end the HTTP server as soon as the engine dies (a lost peer)."""
+  import signal
+  import threading
+
   import uvicorn
 
   from splitjax import report
@@ -261,15 +276,27 @@ def _serve_http(cluster, tokenizer) -> int:
     rates = host_rates(cluster.names, hw.machine_power_w, hw.cost_per_hour_usd)
   server = build_server(cluster, tokenizer, model_name=_MODEL_NAME.value, rates=rates,
                         limits=OnlineLimits(_MAX_WAITING.value, _MAX_OPEN.value))
-  n, secs = cluster.warmup(cluster.cfg.engine.prefill_buckets)
-  print(f"warm-up: programs for {n} prompt buckets compiled in {secs:.1f} s")
+  if warm:
+    n, secs = cluster.warmup(cluster.cfg.engine.prefill_buckets)
+    print(f"warm-up: programs for {n} prompt buckets compiled in {secs:.1f} s")
   print(f"serving {server.model_name!r} on http://{_HTTP_HOST.value}:{_HTTP_PORT.value}/v1 "
         f"(tokenizer {tokenizer.name}; context {cluster.max_request_tokens} tokens)", flush=True)
+  http = uvicorn.Server(uvicorn_config(server.app, _HTTP_HOST.value, _HTTP_PORT.value,
+                                       log_level="info"))
   server.engine.start()
+  if watch:
+    def watchdog():
+      while not http.should_exit:
+        if not server.engine.alive:
+          http.should_exit = True
+        time.sleep(0.2)
+    threading.Thread(target=watchdog, daemon=True).start()
+  # uvicorn shuts down gracefully on SIGINT / SIGTERM, then re-raises the signal:
+  # both end up as KeyboardInterrupt here, so the files below are still written.
+  signal.signal(signal.SIGTERM, _interrupt)
   try:
-    uvicorn.Server(uvicorn_config(server.app, _HTTP_HOST.value, _HTTP_PORT.value,
-                                  log_level="info")).run()
-  except KeyboardInterrupt:     # uvicorn re-raises the Ctrl-C it shut down on
+    http.run()
+  except KeyboardInterrupt:
     pass
   finally:
     server.engine.stop()
@@ -277,7 +304,37 @@ def _serve_http(cluster, tokenizer) -> int:
   out = Path(_OUTPUT.value)
   summary = server.recorder.write(out, server.engine.clock.now())
   print(report.summary_table(summary.to_dict()))
-  print(f"wrote {out}/summary.json, requests.csv")
+  print(f"wrote {out}/summary.json, requests.csv", flush=True)
+  return server
+
+
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _serve_http_distributed(cluster, control, tokenizer) -> int:
+  """HTTP across processes: process 0 serves (its engine drives every
+  process); the others serve its ops until it stops. The launcher's SIGTERM
+  (Ctrl-C) ends process 0's HTTP server, which then stops the others."""
+  import signal
+
+  from splitjax.distributed.control import ControlError
+  if control.process_id != 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # process 0 says when to stop
+    try:
+      cluster.serve_instances()
+    except ControlError as e:
+      print(f"error: process {control.process_id}: {e}", file=sys.stderr, flush=True)
+      control.leave(FAILED_EXIT)
+    control.finish()
+    return 0
+  server = _serve_http(cluster, tokenizer, warm=False, watch=True)
+  if server.engine.error:
+    print(f"error: {server.engine.error}", file=sys.stderr, flush=True)
+    control.abort(server.engine.error)
+    control.leave(FAILED_EXIT)
+  cluster.stop_online()
+  control.finish()
   return 0
 
 

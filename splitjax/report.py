@@ -19,16 +19,20 @@ def summary_table(d: dict) -> str:
              f"output tok/s over {d['wall_s']:.1f} s")
   out.append(f"KV transfer: {x['bytes'] / 2**20:.1f} MiB, {x['seconds']:.3f} s exposed "
              "(landed after the first token), summed over requests")
-  o = d["occupancy"]
-  out.append(f"occupancy (mean / max): queued prompts {o['queued_prompts']['mean']:.1f} / "
-             f"{o['queued_prompts']['max']}, decoding {o['decoding']['mean']:.1f} / "
-             f"{o['decoding']['max']}, KV used {o['kv_used_fraction']['mean']:.0%} / "
-             f"{o['kv_used_fraction']['max']:.0%}, busy instances {o['busy_instances']['mean']:.1f}")
-  c = d["compiled_during_run"]
-  if c["programs"]:
+  o = d.get("occupancy")       # replays and simulations; not the HTTP server's records
+  if o:
+    out.append(f"occupancy (mean / max): queued prompts {o['queued_prompts']['mean']:.1f} / "
+               f"{o['queued_prompts']['max']}, decoding {o['decoding']['mean']:.1f} / "
+               f"{o['decoding']['max']}, KV used {o['kv_used_fraction']['mean']:.0%} / "
+               f"{o['kv_used_fraction']['max']:.0%}, busy instances "
+               f"{o['busy_instances']['mean']:.1f}")
+  c = d.get("compiled_during_run")
+  if c and c["programs"]:
     out.append(f"note: {c['programs']} programs compiled during the run ({c['seconds']:.1f} s of "
           "stalls inside the latencies); a re-run loads them from the compilation cache")
-  m = d["mixed_pool"]
-  out.append(f"mixed pool: {m['borrowings']} borrowings, {m['returns']} returns, "
-             f"mean mixed instances {o['mixed_instances']['mean']:.2f}; preemptions {d['preemptions']}")
+  m = d.get("mixed_pool")
+  if m and o:
+    out.append(f"mixed pool: {m['borrowings']} borrowings, {m['returns']} returns, "
+               f"mean mixed instances {o['mixed_instances']['mean']:.2f}; "
+               f"preemptions {d['preemptions']}")
   return "\n".join(out)

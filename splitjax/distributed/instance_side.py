@@ -24,12 +24,16 @@ from typing import Mapping
 from jax.sharding import Mesh
 
 from splitjax import transfer
+from splitjax.config import SamplingConfig
 from splitjax.distributed.kv_transfer import KVChannel
 from splitjax.distributed.placement import InstancePlacement
 from splitjax.distributed.wire import Message, MessageKind, Op, OpKind, ReqRef
 from splitjax.runtime.executor import TransferDone, WorkDone, WorkFailed
 from splitjax.runtime.jax_executor import JaxExecutor, Replica, _Transfer
 from splitjax.scheduling.records import Chunk, Request, Work
+
+
+_GREEDY = SamplingConfig()
 
 
 class InstanceRef:
@@ -44,7 +48,7 @@ class _LocalExecutor(JaxExecutor):
   the channel (the receiver reports their landing, not this process)."""
 
   def __init__(self, side: "InstanceSide", replicas, transfer_mode):
-    super().__init__(replicas, side.prompt_ids, transfer_mode)
+    super().__init__(replicas, side.prompt_ids, transfer_mode, sampling=side.sampling)
     self.side = side
 
   def _start_transfer(self, flight, r: Request) -> None:
@@ -82,6 +86,7 @@ class InstanceSide:
     self._requests: dict[int, Request] = {}     # attempt key -> local stand-in
     self._keys: dict[Request, int] = {}
     self._prompts: dict[Request, list[int]] = {}
+    self._sampling: dict[Request, SamplingConfig] = {}
     self._seq_of: dict[Work, int] = {}
     self._seq = -1
 
@@ -101,6 +106,7 @@ class InstanceSide:
           self.ex.release(r)
           self._keys.pop(r, None)
           self._prompts.pop(r, None)
+          self._sampling.pop(r, None)
     elif op.kind == OpKind.FAIL:
       if op.instance in self.ex.replicas:
         self.ex.fail_instance(op.instance)
@@ -153,10 +159,15 @@ class InstanceSide:
     r.slot, r.token_instance = ref.slot, ref.token_instance
     if ref.prompt_ids:
       self._prompts[r] = list(ref.prompt_ids)
+    if ref.sampling is not None:
+      self._sampling[r] = SamplingConfig(*ref.sampling)
     return r
 
   def prompt_ids(self, r: Request) -> list[int]:
     return self._prompts[r]
+
+  def sampling(self, r: Request) -> SamplingConfig:
+    return self._sampling.get(r, _GREEDY)
 
   def tag(self, r: Request) -> str:
     """Names the KV transfer of attempt ``r`` (checked by the receiver)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from splitjax.config import SamplingConfig
 from splitjax.distributed.control import Control
 from splitjax.distributed.instance_side import InstanceSide
 from splitjax.distributed.wire import ChunkRef, Message, MessageKind, Op, OpKind, ReqRef
@@ -32,13 +33,16 @@ from splitjax.scheduling.records import Request, Work
 
 class RemoteExecutor:
   """See module doc. ``peers``: the other processes; ``prompt_ids(request)``:
-  its original prompt ids; ``poll_s``: the loop's polling interval while busy."""
+  its original prompt ids; ``sampling(request)``: its SamplingConfig (None:
+  every request greedy); ``poll_s``: the loop's polling interval while busy."""
 
   def __init__(self, control: Control, ns: str, side: InstanceSide, peers: Sequence[int],
-               prompt_ids: Callable[[Request], list[int]], poll_s: float = 0.002):
+               prompt_ids: Callable[[Request], list[int]],
+               sampling: Callable[[Request], SamplingConfig] | None = None,
+               poll_s: float = 0.002):
     self.control, self.ns, self.side, self.poll_s = control, ns, side, poll_s
-    self.prompt_ids = prompt_ids
-    self.transfer_faults = TransferFaults()
+    self.prompt_ids, self.sampling = prompt_ids, sampling
+    self.transfer_faults = NoTransferFaults()
     self._seq = 0
     self._next_key = 0
     self._keys: dict[Request, int] = {}
@@ -66,11 +70,14 @@ class RemoteExecutor:
     return key
 
   def _ref(self, r: Request, with_prompt: bool = False) -> ReqRef:
-    ids = ()
+    ids, sampling = (), None
     if with_prompt:
       ids = tuple(self.prompt_ids(r)) + tuple(self._resumed.get(r, ()))
+      if self.sampling is not None:
+        sc = self.sampling(r)
+        sampling = (sc.temperature, sc.top_k, sc.top_p, sc.seed)
     return ReqRef(self._key(r), r.request_id, r.prompt_tokens, r.output_tokens,
-                  r.token_instance, r.slot, ids)
+                  r.token_instance, r.slot, ids, sampling)
 
   def launch(self, work: Work, now: float) -> None:
     seq = self._seq
@@ -164,3 +171,10 @@ class RemoteExecutor:
         n += 1
       self._next_event[p] = n
     return out
+
+
+class NoTransferFaults(TransferFaults):
+  """Transfer faults cannot be injected across processes: asking is an error."""
+
+  def add(self, count: int = 0, request_ids=()) -> None:
+    raise ValueError("KV-transfer faults are injected in single-process clusters only")

@@ -44,6 +44,8 @@ from splitjax.model.params import ModelDefs, Params
 from splitjax.runtime.clock import WallClock
 from splitjax.runtime.jax_executor import Replica
 from splitjax.runtime.loop import Run, RunResult, drive
+from splitjax.runtime.online import OnlineEngine
+from splitjax.runtime.online_types import EngineObserver, ModelLimits, OnlineLimits
 from splitjax.scheduling.coordinator import (Coordinator, home_roles, make_instances,
                                              make_policies)
 from splitjax.scheduling.records import Role
@@ -82,6 +84,7 @@ class DistributedCluster:
     self.vocab_size, self.max_request_tokens = eng.model.vocab_size, eng.max_cache_len
     self.max_prompt_tokens = min(max(cfg.engine.prefill_buckets), eng.max_cache_len)
     self._runs = 0
+    self._online: RemoteExecutor | None = None
 
   @property
   def names(self) -> list[str]:
@@ -117,10 +120,8 @@ class DistributedCluster:
     returns the result on process 0, None elsewhere. Raises LostPeer on
     process 0, control-plane errors elsewhere. ``on_op(n)``: called on
     processes other than 0 after they applied their ``n``-th op (tests)."""
-    ns = f"serve{self._runs}"
-    self._runs += 1
-    side = InstanceSide(self.me, self.placement, self.meshes, self._replicas(), self.channel,
-                        self.cfg.cluster.transfer, self.timeout_s)
+    ns = self._next_ns()
+    side = self._side()
     if self.me != COORDINATOR:
       serve_ops(side, self.control, ns, on_op=on_op)
       return None
@@ -136,6 +137,44 @@ class DistributedCluster:
       raise LostPeer(e, _cut_short(run, clock.now(), str(e)), self._in_flight(run, e.dead)) from e
     ex.stop()
     return result
+
+  # ------------------------------------------------------------------ online
+  @property
+  def model_limits(self) -> ModelLimits:
+    return ModelLimits(self.vocab_size, self.max_prompt_tokens, self.max_request_tokens)
+
+  def online(self, limits: OnlineLimits = OnlineLimits(),
+             observer: EngineObserver | None = None) -> OnlineEngine:
+    """Process 0: an online engine (``runtime.online``) whose executor drives
+    every process; the others must call :meth:`serve_instances` meanwhile.
+    End with ``engine.stop()`` then :meth:`stop_online`."""
+    ns = self._next_ns()
+    side = self._side()
+    peers = [p for p in range(self.layout.num_processes) if p != self.me]
+
+    def make(ids, sampling):
+      self._online = RemoteExecutor(self.control, ns, side, peers, ids, sampling)
+      return self._online
+    return OnlineEngine(self._coordinator(), make, self.model_limits, limits, observer)
+
+  def serve_instances(self) -> None:
+    """Processes other than 0: serve the online engine's ops until it stops."""
+    serve_ops(self._side(), self.control, self._next_ns())
+
+  def stop_online(self) -> None:
+    """Process 0, after ``engine.stop()``: tells the others to stop serving."""
+    if self._online is not None:
+      self._online.stop()
+      self._online = None
+
+  def _next_ns(self) -> str:
+    """Key namespace of the next run (every process counts runs alike)."""
+    self._runs += 1
+    return f"serve{self._runs - 1}"
+
+  def _side(self) -> InstanceSide:
+    return InstanceSide(self.me, self.placement, self.meshes, self._replicas(), self.channel,
+                        self.cfg.cluster.transfer, self.timeout_s)
 
   def _in_flight(self, run: Run, dead: Sequence[int]) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {p: [] for p in dead}

@@ -38,7 +38,8 @@ class MessageKind(enum.Enum):
 class ReqRef:
   """One request attempt as an instance sees it. ``prompt_ids``: the ids it
   prefills (the original prompt, then tokens of earlier attempts); empty
-  where the op does not prefill it."""
+  where the op does not prefill it. ``sampling``: (temperature, top_k,
+  top_p, seed) where it prefills and the policy samples (None: greedy)."""
   key: int
   request_id: int
   prompt_tokens: int
@@ -46,11 +47,14 @@ class ReqRef:
   token_instance: str
   slot: int | None
   prompt_ids: tuple[int, ...] = ()
+  sampling: tuple[float, int, float, int] | None = None
 
   @classmethod
   def from_json(cls, d: dict) -> "ReqRef":
+    s = d.get("sampling")
     return cls(d["key"], d["request_id"], d["prompt_tokens"], d["output_tokens"],
-               d["token_instance"], d["slot"], tuple(d["prompt_ids"]))
+               d["token_instance"], d["slot"], tuple(d["prompt_ids"]),
+               None if s is None else (float(s[0]), int(s[1]), float(s[2]), int(s[3])))
 
 
 @dataclasses.dataclass(frozen=True)
