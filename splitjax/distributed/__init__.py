@@ -3,7 +3,7 @@
 - ``layout``: which pool each process's devices serve (``ProcessLayout``).
 - ``launch``: process coordinates from flags / environment / JAX's cluster
   auto-detection, and ``jax.distributed.initialize`` with the CPU settings
-  cross-process transfers need (gloo, a transfer socket per process).
+  cross-process transfers need (a transfer socket per process; no gloo by default).
 - ``control``: the control plane over the coordination service's key-value
   store (broadcast decisions, waits that notice dead peers, abort).
 - ``kv_transfer``: KV prefixes moved between processes with ``jax.device_put``

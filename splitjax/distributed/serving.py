@@ -199,19 +199,23 @@ class DistributedCluster:
     for rep in self._replicas():
       eng, role = rep.engine, self.placement[rep.name].role
       for t in buckets:
+        # a layer-wise prefill's prefix has one KV group per layer group: the
+        # token side inserts (and the prompt side slices) both structures
+        lw = (False, True) if transfer.use_layerwise(mode, t, eng.cfg.layerwise_min_tokens) \
+            else (False,)
         if role == Role.PROMPT or s.mixed_pool:
           most = max(1, min(4, s.max_prefill_batch, s.prompt_token_budget // t))
-          lw = (False, True) if transfer.use_layerwise(mode, t, eng.cfg.layerwise_min_tokens) \
-              else (False,)
           for b in (b for b in (1, 2, 4) if b <= most):
             for layerwise in lw:
               prefix = eng.prefill(rep.params, eng.make_batch([[0] * t] * b), rep.next_key(),
                                    layerwise=layerwise)
               jax.block_until_ready(transfer.row_prefix(prefix, 0))
         if role == Role.TOKEN:
-          one = transfer.row_prefix(eng.prefill(rep.params, eng.make_batch([[0] * t]),
-                                                rep.next_key()), 0)
-          rep.state = eng.release(eng.insert(one, rep.state, 0, 0), 0)
+          for layerwise in lw:
+            prefix = eng.prefill(rep.params, eng.make_batch([[0] * t]), rep.next_key(),
+                                 layerwise=layerwise)
+            one = transfer.row_prefix(prefix, 0)
+            rep.state = eng.release(eng.insert(one, rep.state, 0, 0), 0)
       rep.state, _ = eng.decode(rep.params, rep.state, rep.next_key())
       rep.state = eng.release(rep.state, 0)
       jax.block_until_ready(rep.state)
