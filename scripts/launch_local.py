@@ -32,6 +32,9 @@ from splitjax.distributed.launch import DistributedSpec, free_port  # noqa: E402
 _N = flags.DEFINE_integer("n", 2, "Number of processes.", lower_bound=1)
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 4, "Virtual CPU devices per process.")
 _TIMEOUT = flags.DEFINE_float("timeout_s", 600.0, "Kill everything after this many seconds.")
+_TERM = flags.DEFINE_float("term_grace_s", 10.0, "When stopping the children: seconds between "
+                           "SIGTERM (a serving process 0 then writes its files and stops the "
+                           "others) and SIGKILL.")
 _GRACE = flags.DEFINE_float("grace_s", 20.0, "After a child fails, seconds the others get to "
                             "exit on their own before they are terminated.")
 _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 10, "Seconds of silence after which "
@@ -70,8 +73,8 @@ def describe(returncode: int) -> str:
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
-  """SIGTERM to every live child's process group, SIGKILL 3 s later."""
-  for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
+  """SIGTERM to every live child's process group, SIGKILL ``--term_grace_s`` later."""
+  for sig, wait_s in ((signal.SIGTERM, _TERM.value), (signal.SIGKILL, 0.0)):
     live = [p for p in procs if p.poll() is None]
     for p in live:
       try:

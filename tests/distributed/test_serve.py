@@ -1,16 +1,26 @@
 """scripts/serve.py across processes (prompt instances in process 0, token
-instances in process 1) replays a trace slice with the single-process tokens;
-a killed token process ends the job in bounded time, naming the requests it
-held, with the finished ones written (every run has a timeout)."""
+instances in process 1; or 2 + 2 processes) replays a trace slice with the
+single-process tokens, and serves HTTP with them; SIGTERM on the launcher ends
+an HTTP job with its files written; a killed token process ends the job in
+bounded time, naming the requests it held, with the finished ones written
+(every run has a timeout)."""
 
 import csv
 import json
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 
 import pytest
 
+from splitjax.config import from_config_dict
+from splitjax.distributed.launch import free_port
+from splitjax.serve_config import ServeConfig
+from splitjax.workload import RequestSpec, prompt_token_ids
 from tests.distributed.launcher import ROOT, launch
-from tests.scripts.run_script import run_script
+from tests.scripts.run_script import config_of, run_script
 
 SERVE = ROOT / "scripts" / "serve.py"
 # 9 requests of the conversation trace, prompts <= 256 tokens, 8 tokens out.
@@ -84,3 +94,52 @@ def test_four_processes_one_instance_each(single, tmp_path):
   rows = _rows(tmp_path)
   assert {r["status"] for r in rows} == {"completed"}
   assert {r["prompt_instance"] for r in rows} == {"prompt0", "prompt1"}
+
+
+def _post(url: str, body: dict) -> dict:
+  req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+  with urllib.request.urlopen(req, timeout=60) as r:
+    return json.loads(r.read())
+
+
+def _wait_healthy(url: str, proc, timeout_s: float) -> None:
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    assert proc.poll() is None, "the job ended before serving"
+    try:
+      with urllib.request.urlopen(url + "/health", timeout=2) as r:
+        if r.status == 200:
+          return
+    except OSError:
+      time.sleep(1.0)
+  raise AssertionError(f"no /health after {timeout_s} s")
+
+
+def test_http_across_processes_then_sigterm_writes_the_files(single, tmp_path):
+  cfg = from_config_dict(ServeConfig, config_of(ROOT / "configs" / "split.py"))
+  port = free_port()
+  cmd = [sys.executable, str(ROOT / "scripts" / "launch_local.py"), "-n=2", "--cpu_devices=4",
+         "--timeout_s=300", "--", str(SERVE), "--config", str(ROOT / "configs" / "split.py"),
+         f"--http_port={port}", f"--output_dir={tmp_path}", "--nowarmup"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=ROOT, start_new_session=True)
+  url = f"http://127.0.0.1:{port}"
+  try:
+    _wait_healthy(url, proc, 240)
+    want = _tokens(single)
+    for row in _rows(single)[:2]:       # the replay's prompts, greedy: the replay's tokens
+      spec = RequestSpec(int(row["request_id"]), 0.0, int(row["prompt_tokens"]),
+                         int(row["output_tokens"]))
+      ids = prompt_token_ids(spec, cfg.model.vocab_size, cfg.prompt_seed)
+      out = _post(url + "/v1/completions", {"model": cfg.model.name, "prompt": ids,
+                                            "max_tokens": spec.output_tokens, "temperature": 0})
+      assert out["choices"][0]["token_ids"] == want[spec.request_id]
+    sampled = _post(url + "/v1/completions", {"model": cfg.model.name, "prompt": "hi",
+                                              "max_tokens": 5, "temperature": 0.9})
+    assert len(sampled["choices"][0]["token_ids"]) == 5
+  finally:
+    proc.send_signal(signal.SIGTERM)          # as Ctrl-C on the launcher
+    stdout, _ = proc.communicate(timeout=60)
+  assert "[p0] wrote" in stdout, stdout
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["requests"]["completed"] == 3, stdout
