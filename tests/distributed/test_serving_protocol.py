@@ -48,7 +48,22 @@ def _cfg(model, name):
   return ServeConfig(model=defs.cfg, engine=ENGINE, cluster=cluster, scheduler=SCHEDULERS[name])
 
 
-def _one_process_run(model, cfg, specs):
+class _KillAfterTokens(Run):
+  """Fails ``victim`` at the pass after one of its requests emitted 3 tokens."""
+  victim = "token0"
+
+  def emit(self, r, token, at_s):
+    super().emit(r, token, at_s)
+    if r.token_instance == self.victim and len(self.records[r.request_id].token_ids) == 3:
+      self.kill = getattr(self, "kill", None) or "due"
+
+  def advance(self, now):
+    if getattr(self, "kill", None) == "due":
+      self.kill = self.fail_instance(self.victim, now)
+    return super().advance(now)
+
+
+def _one_process_run(model, cfg, specs, run_cls=Run):
   """Policy and every instance on process 0, through ops and messages."""
   defs, params = model
   c = cfg.cluster
@@ -72,16 +87,17 @@ def _one_process_run(model, cfg, specs):
   instances = make_instances(roles, eng.cfg.decode_slots, eng.cfg.decode_slots * eng.max_cache_len,
                              eng.max_cache_len, cfg.scheduler.kv_block_tokens)
   coord = Coordinator(instances, make_policies(cfg.scheduler), max(cfg.engine.prefill_buckets))
-  result = drive(Run(coord, ex, specs, WallClock(), 0.05))
+  run = run_cls(coord, ex, specs, WallClock(), 0.05)
+  result = drive(run)
   ex.stop()
-  return result, ex, side, control
+  return result, ex, side, control, run
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_ops_and_messages_give_the_single_process_tokens(model, name):
   cfg = _cfg(model, name)
   specs = [RequestSpec(i, 0.01 * i, len(p), NEW) for i, p in enumerate(PROMPTS)]
-  result, ex, side, control = _one_process_run(model, cfg, specs)
+  result, ex, side, control, _ = _one_process_run(model, cfg, specs)
   reference = Cluster(cfg, *model).replay(specs, lambda r: PROMPTS[r.request_id])
   assert [r.status for r in result.records] == [RequestStatus.COMPLETED] * len(PROMPTS)
   assert [r.token_ids for r in result.records] == [r.token_ids for r in reference.records]
@@ -93,6 +109,18 @@ def test_ops_and_messages_give_the_single_process_tokens(model, name):
   assert ops[-1].kind == OpKind.STOP
   if name == "split_mixed":
     assert result.to_dict()["mixed_pool"]["borrowings"] > 0
+
+
+def test_a_failed_instance_is_dropped_everywhere_and_its_requests_recomputed(model):
+  cfg = _cfg(model, "split")
+  specs = [RequestSpec(i, 0.0, len(p), NEW) for i, p in enumerate(PROMPTS)]
+  result, ex, side, _, run = _one_process_run(model, cfg, specs, _KillAfterTokens)
+  reference = Cluster(cfg, *model).replay(specs, lambda r: PROMPTS[r.request_id])
+  assert run.kill.instance == "token0" and run.kill.resubmitted
+  assert [r.status for r in result.records] == [RequestStatus.COMPLETED] * len(PROMPTS)
+  assert [r.token_ids for r in result.records] == [r.token_ids for r in reference.records]
+  assert result.to_dict()["faults"]["instance_failed"] == 1
+  assert not ex.busy and not ex._keys and not side._requests and not side.busy
 
 
 refs = st.builds(ReqRef, st.integers(0, 10**6), st.integers(0, 10**6), st.integers(1, 4096),
