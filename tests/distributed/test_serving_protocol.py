@@ -31,7 +31,14 @@ from splitjax.scheduling.records import Role, WorkKind
 from splitjax.serve_config import ClusterConfig, ClusterPolicy, SchedulerConfig, ServeConfig
 from splitjax.workload import RequestSpec
 from tests.distributed.fake_client import FakeClient
-from tests.runtime.test_cluster import ENGINE, NEW, PROMPTS, model  # noqa: F401 (fixture)
+from splitjax.model.hf_import import load_hf_llama
+from splitjax.model.params import split_model
+from tests.runtime.test_cluster import ENGINE, NEW, PROMPTS
+
+@pytest.fixture(scope="module")
+def model(hf_gqa_dir):
+  return split_model(load_hf_llama(hf_gqa_dir))
+
 
 SCHEDULERS = {
     "split": SchedulerConfig(policy=ClusterPolicy.SPLIT),
