@@ -176,3 +176,17 @@ def test_placement_round_robin_over_each_pool(model):
                           scheduler=SchedulerConfig(policy=ClusterPolicy.COLOCATED))
   with pytest.raises(ConfigError, match="needs scheduler.policy=split"):
     place_instances(colocated, layout, [4, 4, 4])
+
+
+def test_a_cancelled_transfer_moves_nothing_and_keeps_the_order():
+  client = FakeClient()
+  controls = [Control(client, p, 3) for p in range(3)]
+  chans = [KVChannel(c) for c in controls]
+  src, dst = (mesh_lib.make_mesh(MeshConfig(tp=2, first_device=d)) for d in (0, 2))
+  chans[0].cancel(src, 1, "kv/7/3")
+  assert chans[1].receive(None, 0, src, dst, "kv/7/3", None, 5.0) is None
+  chans[2].skip(0, src, 1, dst, "kv/7/3", 5.0)
+  assert [c._next for c in chans] == [1, 1, 1]     # every process moved past it
+  with pytest.raises(Exception, match="disagree on the order"):
+    chans[0].cancel(src, 1, "kv/8/4")
+    chans[1].receive(None, 0, src, dst, "kv/9/9", None, 5.0)
