@@ -129,13 +129,13 @@ class Coordinator:
   # ---------------------------------------------------------------- pools
   def rebalance(self) -> list[RoleChange]:
     """Mixed-pool borrowing and returns (no-op without a mixed pool)."""
-    if self.policies.mixed_pool is None:
-      return []
     pool = self.policies.mixed_pool
+    if pool is None:
+      return []
     changes = pool.rebalance(self.instances)
     if changes or pool.flags_changed:       # roles or ``returning`` flags moved
       self._candidates = Candidates.of(self.instances)
-    self.role_changes.extend(changes)
+      self.role_changes.extend(changes)
     return changes
 
   # ---------------------------------------------------------------- iterations
