@@ -46,7 +46,7 @@ _DONE, _LANDED, _ARRIVAL = 0, 1, 2
 TransferTime = Callable[[Request, Instance, Instance, float], tuple[float, int]]
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Running:
   """A work in flight. ``ends``: end time of each planned step (a list of one
   for single steps, an array for leaps); ``version`` invalidates a heap entry
@@ -221,7 +221,7 @@ class Simulator:
     n, records, gaps = work.steps, self.records, self.gaps
     if n > 1:
       diffs = ends[1:] - ends[:-1]
-      inner = float(diffs.max())
+      inner = float(np.maximum.reduce(diffs))
       times = ends.tolist() if self.keep_token_times else None
     else:
       diffs, inner, times = None, 0.0, None
@@ -281,13 +281,12 @@ class Simulator:
     batch, total = len(ctx), sum(ctx)
     if steps == 1:
       return [self.now + perf.decode_step_time(batch, total)]
-    # Every context grows by one token per step. Accumulating [now, d0, d1, ...]
+    # Every context grows by one token per step. Accumulating [now + d0, d1, ...]
     # left to right gives the very floats stepping computes (now + d0) + d1 ...
-    ctx_sums = np.arange(total, total + batch * steps, batch, dtype=np.float64)[:steps]
-    ends = np.empty(steps + 1)
-    ends[0] = self.now
-    ends[1:] = perf.decode_step_times(batch, ctx_sums)
-    return np.add.accumulate(ends, out=ends)[1:]
+    ends = perf.decode_step_times(batch, np.arange(total, total + batch * steps, batch,
+                                                   dtype=np.float64))
+    ends[0] += self.now
+    return np.add.accumulate(ends, out=ends)
 
   def _cut(self, run: _Running) -> None:
     """Shortens a leap to the step in progress (where stepping would re-plan)."""
