@@ -76,7 +76,7 @@ def make_instances(roles: Sequence[Role], decode_slots: int, kv_capacity_tokens:
   return out
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Completion:
   """What a finished Work did. ``emitted``: requests that got tokens (one, or
   ``work.steps`` for decode rows; in work order); ``finished``: requests now

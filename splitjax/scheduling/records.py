@@ -43,7 +43,7 @@ class Phase(enum.Enum):
   __hash__ = object.__hash__         # see Role
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Request:
   """A request as policies see it.
 
@@ -355,7 +355,7 @@ class WorkKind(enum.Enum):
   __hash__ = object.__hash__         # see Role
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, slots=True)
 class Chunk:
   """Prompt tokens [start, end) of ``request`` computed in one MIXED step."""
   request: Request
@@ -367,7 +367,7 @@ class Chunk:
     return self.end == self.request.prompt_tokens
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Work:
   """One iteration for ``instance`` to run.
 
