@@ -155,17 +155,43 @@ class GapSample:
                   np.frombuffer(self._lengths, dtype=np.int64))
     n = int(w.sum())
     if n <= self._EXPAND:
-      return Percentiles.of_array(np.repeat(v, w))
+      gaps = np.repeat(v, w)          # a new array: ours to reorder
+      mean = float(gaps.mean())       # (before partitioning: the sum's order)
+      virtual, lo, hi = _linear_ranks(n)
+      gaps.partition(np.unique(np.concatenate((lo, hi))))
+      p50, p90, p99 = _lerp(virtual, lo, gaps[lo], gaps[hi])
+      return Percentiles(float(p50), float(p90), float(p99), mean, n)
     order = np.argsort(v, kind="stable")
     v, w = v[order], w[order]
     cum = np.cumsum(w)
-    at = lambda i: float(v[np.searchsorted(cum, i, side="right")])   # i-th smallest
-    def pct(q):
-      pos = q / 100.0 * (n - 1)
-      lo = math.floor(pos)
-      a, b = at(lo), at(min(lo + 1, n - 1))
-      return a + (b - a) * (pos - lo)
-    return Percentiles(pct(50), pct(90), pct(99), float(np.dot(v, w)) / n, n)
+    virtual, lo, hi = _linear_ranks(n)
+    at = lambda i: v[np.searchsorted(cum, i, side="right")]     # i-th smallest
+    p50, p90, p99 = _lerp(virtual, lo, at(lo), at(hi))
+    return Percentiles(float(p50), float(p90), float(p99), float(np.dot(v, w)) / n, n)
+
+
+_QUANTILES = np.array([50, 90, 99]) / 100
+
+
+def _linear_ranks(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``np.percentile``'s 'linear' method on ``n`` values: the virtual index of
+  p50 / p90 / p99 and the ranks of the two values around each."""
+  virtual = (n - 1) * _QUANTILES
+  lo = np.floor(virtual)
+  hi = lo + 1
+  top = virtual >= n - 1
+  lo[top], hi[top] = n - 1, n - 1
+  return virtual, lo.astype(np.intp), hi.astype(np.intp)
+
+
+def _lerp(virtual: np.ndarray, lo: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """``np.percentile``'s interpolation between the values ``a`` (rank ``lo``)
+  and ``b`` (the next rank), float for float."""
+  t = virtual - lo
+  diff = b - a
+  out = np.add(a, diff * t)
+  np.subtract(b, diff * (1 - t), out=out, where=t >= 0.5)
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
