@@ -375,5 +375,12 @@ def _measured_power(points: Sequence[ProfilePoint]) -> PhasePower:
   avg = [p.average_power for p in points if not math.isnan(p.average_power)]
   if not peak or not avg:
     return PhasePower()
-  prefill = float(np.median(peak))
-  return PhasePower(prefill=prefill, decode=float(np.median(avg)), mixed=prefill)
+  prefill = _median(peak)
+  return PhasePower(prefill=prefill, decode=_median(avg), mixed=prefill)
+
+
+def _median(values: Sequence[float]) -> float:
+  """The median, as ``np.median`` computes it (the mean of the middle two when
+  even), without numpy's masked-array import."""
+  xs, mid = sorted(values), len(values) // 2
+  return float(xs[mid]) if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
