@@ -287,16 +287,27 @@ CSV_FIELDS = ("request_id", "status", "reason", "arrival_s", "prompt_tokens", "o
 
 
 def write_requests_csv(records: Sequence[RequestRecord], path: str | os.PathLike) -> None:
-  """One row per request (``CSV_FIELDS``); empty cells where undefined."""
+  """One row per request (``CSV_FIELDS``); empty cells where undefined. The
+  bytes ``csv.writer`` (default dialect) writes: floats as ``repr``, text quoted
+  only where it must be."""
   with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(CSV_FIELDS)
-    for r in records:
-      w.writerow([r.request_id, r.status.value, r.reason, r.arrival_s, r.prompt_tokens,
-                  r.output_tokens, r.tokens, _cell(r.queue_s), _cell(r.ttft_s),
-                  _cell(r.tbt_s), _cell(r.e2e_s), _cell(r.max_itl_s),
-                  r.prompt_instance, r.token_instance, r.transfer_bytes, r.transfer_s,
-                  r.preemptions])
+    csv.writer(f).writerow(CSV_FIELDS)
+    f.write("".join([
+        f"{r.request_id},{_text(r.status.value)},{_text(r.reason)},{r.arrival_s!r},"
+        f"{r.prompt_tokens},{r.output_tokens},{r.tokens},{_cell(r.queue_s)},"
+        f"{_cell(r.ttft_s)},{_cell(r.tbt_s)},{_cell(r.e2e_s)},{_cell(r.max_itl_s)},"
+        f"{_text(r.prompt_instance)},{_text(r.token_instance)},{r.transfer_bytes},"
+        f"{r.transfer_s!r},{r.preemptions}\r\n" for r in records]))
+
+
+_CSV_SPECIAL = frozenset(',"\r\n')
+
+
+def _text(s: str) -> str:
+  """A text cell as csv.writer's QUOTE_MINIMAL writes it."""
+  if _CSV_SPECIAL.isdisjoint(s):
+    return s
+  return '"' + s.replace('"', '""') + '"'
 
 
 def write_token_times_jsonl(records: Sequence[RequestRecord], path: str | os.PathLike) -> None:
