@@ -96,6 +96,7 @@ class Coordinator:
     self.instances = list(instances)
     self.by_name = {i.name: i for i in instances}
     self.policies = policies
+    self._steps = policies.steps
     self.max_prompt_tokens = max_prompt_tokens
     self.role_changes: list[RoleChange] = []
     # Who takes prompts / tokens: changes only in rebalance (roles, returning).
@@ -147,7 +148,7 @@ class Coordinator:
       return None                   # step policies make work only from these
     if inst.role is Role.DOWN:
       return None
-    work = self.policies.steps[inst.role].next_work(inst, now)
+    work = self._steps[inst.role].next_work(inst, now)
     if work is not None:
       inst.busy = True
     return work
@@ -169,12 +170,12 @@ class Coordinator:
           self._prefilled(inst, c.request, out)
         else:
           inst.prefilling.reweigh(c.request.request_id)
-    steps = work.steps
+    steps, emitted = work.steps, out.emitted
     for r in work.decode:
       if r.phase is not finished:
         r.generated += steps
-        out.emitted.append(r)
-        if r.done:
+        emitted.append(r)
+        if r.generated >= r.output_tokens:            # r.done
           del inst.decoding[r.request_id]
           inst.give_back_slot(r)
           self._finished(r, out)

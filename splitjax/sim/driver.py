@@ -273,12 +273,12 @@ class Simulator:
     if work.kind is WorkKind.PREFILL:
       return [self.now + perf.prefill_time([r.prompt_tokens for r in work.prefill])]
     decode = work.decode
-    ctx = [r.prompt_tokens + r.generated for r in decode]
     if work.kind is WorkKind.MIXED:
       chunks = [(c.start, c.end - c.start) for c in work.chunks]
-      return [self.now + perf.mixed_time(ctx, chunks)]
+      return [self.now + perf.mixed_time([r.prompt_tokens + r.generated for r in decode],
+                                         chunks)]
+    batch, total = len(decode), sum([r.prompt_tokens + r.generated for r in decode])
     steps = min([r.output_tokens - r.generated for r in decode]) if self.leap else 1
-    batch, total = len(ctx), sum(ctx)
     if steps == 1:
       return [self.now + perf.decode_step_time(batch, total)]
     # Every context grows by one token per step. Accumulating [now + d0, d1, ...]
