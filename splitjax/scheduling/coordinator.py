@@ -153,6 +153,12 @@ class Coordinator:
       inst.busy = True
     return work
 
+  def repeats_decode(self, inst: Instance) -> bool:
+    """Whether ``inst``'s step policy would run its decode batch again next
+    iteration if nothing changed (``StepPolicy.repeats_decode``; simulators
+    leap over such iterations)."""
+    return self._steps[inst.role].repeats_decode(inst)
+
   def complete(self, work: Work) -> Completion:
     """Applies a finished ``work``: tokens emitted, phases advanced, memory of
     finished requests freed."""

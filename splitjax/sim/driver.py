@@ -6,10 +6,11 @@ landed KV transfers), and instances that ask a :class:`~splitjax.sim.perf_model.
 how long a batch takes instead of running it. Only the instances an event
 touches are asked for new work.
 
-Leap mode: a decode batch whose membership cannot change is advanced across
-many iterations in one event (each step's time still follows the perf model
-as contexts grow by one token per step), up to the first request that
-finishes. If an event touches a leaping instance (a prompt or KV arriving
+Leap mode: a decode batch whose membership cannot change, and which its step
+policy would choose again (``Coordinator.repeats_decode``: not a mixed-pool
+instance with prompts queued), is advanced across many iterations in one
+event (each step's time still follows the perf model as contexts grow by one
+token per step), up to the first request that finishes. If an event touches a leaping instance (a prompt or KV arriving
 there, a role change) the leap is cut back to the iteration in progress, which
 is exactly where the stepping mode would next ask the policy. Stepping mode
 (``leap=False``) is the reference; tests check the two agree request by request.
@@ -278,7 +279,8 @@ class Simulator:
       return [self.now + perf.mixed_time([r.prompt_tokens + r.generated for r in decode],
                                          chunks)]
     batch, total = len(decode), sum([r.prompt_tokens + r.generated for r in decode])
-    steps = min([r.output_tokens - r.generated for r in decode]) if self.leap else 1
+    steps = (min([r.output_tokens - r.generated for r in decode])
+             if self.leap and self.coord.repeats_decode(work.instance) else 1)
     if steps == 1:
       return [self.now + perf.decode_step_time(batch, total)]
     # Every context grows by one token per step. Accumulating [now + d0, d1, ...]
