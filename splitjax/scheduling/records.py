@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import enum
 import heapq
+import operator
 
 from splitjax.scheduling.kv_memory import KVMemory
 
@@ -280,8 +281,8 @@ class Instance:
     ones on a paged one; comparing tokens alone would send work to an
     instance whose slots are all taken."""
     kv = self.kv
-    load = kv._used * kv.block_tokens + self.incoming.tokens
-    return max(load / (kv._total * kv.block_tokens),
+    load = kv.used_blocks * kv.block_tokens + self.incoming.tokens
+    return max(load / (kv.total_blocks * kv.block_tokens),
                (len(self.decoding) + len(self.incoming)) / self.decode_slots)
 
   @property
@@ -332,14 +333,11 @@ def _tracked(name: str) -> property:
   instance's watchers (who takes which work depends on it)."""
   slot = "_" + name
 
-  def get(self):
-    return self.__dict__[slot]
-
   def set_(self, value):
     self.__dict__[slot] = value
     for w in self.__dict__.get("watchers", ()):
       w.add(self)
-  return property(get, set_, doc=f"{name} (assignments notify the watchers)")
+  return property(operator.attrgetter(slot), set_, doc=f"{name} (assignments notify the watchers)")
 
 
 # After the dataclass is built: its __init__ assigns these through the properties.
