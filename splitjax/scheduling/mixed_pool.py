@@ -104,8 +104,10 @@ class MixedPool:
         k, p, q = 2, i.pending_prompt_tokens, i.token_pressure
       else:
         k, p, q = (4 if role is Role.DOWN else 3), 0, 0.0
-      old = loads.get(i)
-      loads[i] = (k, p, q)
+      old, new = loads.get(i), (k, p, q)
+      if new == old:
+        continue                           # unchanged: the sums stay as they are
+      loads[i] = new
       if old is None or old[0] != k:
         if old is not None:
           count[old[0]] -= 1

@@ -320,7 +320,7 @@ class ProfilePerfModel:
     if self.decode_by_batch is not None:
       return np.full(len(context_sums), self.decode_by_batch(batch))
     a, b, c = self.decode_coef
-    out = np.multiply(context_sums, c, dtype=np.float64)
+    out = context_sums * c
     out += a + b * batch                  # (a + b * batch) + c * sum, as the scalar
     return out
 
