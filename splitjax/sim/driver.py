@@ -50,10 +50,12 @@ TransferTime = Callable[[Request, Instance, Instance, float], tuple[float, int]]
 @dataclasses.dataclass(eq=False, slots=True)
 class _Running:
   """A work in flight. ``ends``: end time of each planned step (a list of one
-  for single steps, an array for leaps); ``version`` invalidates a heap entry
-  after a cut."""
+  for single steps, an array for leaps); ``first`` / ``last``: its first and
+  last entries as floats; ``version`` invalidates a heap entry after a cut."""
   work: Work
   ends: list[float] | np.ndarray
+  first: float
+  last: float
   version: int = 0
 
 
@@ -189,8 +191,8 @@ class Simulator:
 
   def _done(self, work: Work) -> tuple[Instance]:
     inst = work.instance
-    ends = self._running.pop(inst).ends
-    first, last, start = float(ends[0]), float(ends[-1]), work.started_s
+    run = self._running.pop(inst)
+    ends, first, last, start = run.ends, run.first, run.last, work.started_s
     index = self._index[inst]
     self.busy.add(index, work.kind, start, last)
     for observe in self.work_observers:
@@ -263,9 +265,10 @@ class Simulator:
       if c.start == 0:
         records[c.request.request_id].scheduled_s = now
     ends = self._plan(work)
-    work.steps = len(ends)
-    run = self._running[inst] = _Running(work, ends)
-    self._push(float(ends[-1]), _DONE, work, self._index[inst], run.version)
+    work.steps = n = len(ends)
+    first, last = (ends[0], ends[-1]) if n == 1 else (ends.item(0), ends.item(-1))
+    self._running[inst] = _Running(work, ends, first, last)
+    heapq.heappush(self._heap, (last, _DONE, self._index[inst], next(self._seq), work, 0))
 
   def _plan(self, work: Work) -> list[float] | np.ndarray:
     """End time of each step: one for a prefill / mixed step or a single decode
@@ -287,7 +290,7 @@ class Simulator:
     # left to right gives the very floats stepping computes (now + d0) + d1 ...
     ends = perf.decode_step_times(batch, np.arange(total, total + batch * steps, batch,
                                                    dtype=np.float64))
-    ends[0] += self.now
+    ends[0] = self.now + ends.item(0)
     return np.add.accumulate(ends, out=ends)
 
   def _cut(self, run: _Running) -> None:
@@ -301,9 +304,10 @@ class Simulator:
     if keep >= len(run.ends):
       return
     run.ends = run.ends[:keep]
+    run.last = run.ends.item(-1)
     work.steps = keep
     run.version += 1
-    self._push(float(run.ends[-1]), _DONE, work, self._index[work.instance], run.version)
+    self._push(run.last, _DONE, work, self._index[work.instance], run.version)
 
   def _stop(self, t: float) -> None:
     """Ends the run at ``t``: whatever has not ended fails, saying so."""
