@@ -87,15 +87,16 @@ class EnergyLedger:
     self._starts.append(start_s)
     self._ends.append(end_s)
     ids, tokens = self._ids, self._tokens
-    for r in work.prefill:
-      ids.append(r.request_id)
-      tokens.append(r.prompt_tokens)
-    for c in work.chunks:
-      ids.append(c.request.request_id)
-      tokens.append(c.end - c.start)
-    if work.decode:
-      ids.extend([r.request_id for r in work.decode])
-      tokens.extend([work.steps] * len(work.decode))
+    if work.prefill:
+      ids.extend([r.request_id for r in work.prefill])
+      tokens.extend([r.prompt_tokens for r in work.prefill])
+    if work.chunks:
+      ids.extend([c.request.request_id for c in work.chunks])
+      tokens.extend([c.end - c.start for c in work.chunks])
+    decode = work.decode
+    if decode:
+      ids.extend([r.request_id for r in decode])
+      tokens.extend([work.steps] * len(decode))
     self._row_ends.append(len(ids))
 
   __call__ = observe

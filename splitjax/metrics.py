@@ -155,17 +155,43 @@ class GapSample:
                   np.frombuffer(self._lengths, dtype=np.int64))
     n = int(w.sum())
     if n <= self._EXPAND:
-      return Percentiles.of_array(np.repeat(v, w))
+      gaps = np.repeat(v, w)          # a new array: ours to reorder
+      mean = float(gaps.mean())       # (before partitioning: the sum's order)
+      virtual, lo, hi = _linear_ranks(n)
+      gaps.partition(sorted({*lo.tolist(), *hi.tolist()}))
+      p50, p90, p99 = _lerp(virtual, lo, gaps[lo], gaps[hi])
+      return Percentiles(float(p50), float(p90), float(p99), mean, n)
     order = np.argsort(v, kind="stable")
     v, w = v[order], w[order]
     cum = np.cumsum(w)
-    at = lambda i: float(v[np.searchsorted(cum, i, side="right")])   # i-th smallest
-    def pct(q):
-      pos = q / 100.0 * (n - 1)
-      lo = math.floor(pos)
-      a, b = at(lo), at(min(lo + 1, n - 1))
-      return a + (b - a) * (pos - lo)
-    return Percentiles(pct(50), pct(90), pct(99), float(np.dot(v, w)) / n, n)
+    virtual, lo, hi = _linear_ranks(n)
+    at = lambda i: v[np.searchsorted(cum, i, side="right")]     # i-th smallest
+    p50, p90, p99 = _lerp(virtual, lo, at(lo), at(hi))
+    return Percentiles(float(p50), float(p90), float(p99), float(np.dot(v, w)) / n, n)
+
+
+_QUANTILES = np.array([50, 90, 99]) / 100
+
+
+def _linear_ranks(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``np.percentile``'s 'linear' method on ``n`` values: the virtual index of
+  p50 / p90 / p99 and the ranks of the two values around each."""
+  virtual = (n - 1) * _QUANTILES
+  lo = np.floor(virtual)
+  hi = lo + 1
+  top = virtual >= n - 1
+  lo[top], hi[top] = n - 1, n - 1
+  return virtual, lo.astype(np.intp), hi.astype(np.intp)
+
+
+def _lerp(virtual: np.ndarray, lo: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """``np.percentile``'s interpolation between the values ``a`` (rank ``lo``)
+  and ``b`` (the next rank), float for float."""
+  t = virtual - lo
+  diff = b - a
+  out = np.add(a, diff * t)
+  np.subtract(b, diff * (1 - t), out=out, where=t >= 0.5)
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,9 +210,15 @@ class Percentiles:
 
   @staticmethod
   def of_array(v: np.ndarray) -> "Percentiles":
+    """Of a 1-D float array (not changed): percentiles equal ``np.percentile``'s."""
     if v.size == 0:
       return Percentiles(math.nan, math.nan, math.nan, math.nan, 0)
-    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    if np.isnan(v).any():
+      p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    else:
+      virtual, lo, hi = _linear_ranks(v.size)
+      part = np.partition(v, sorted({*lo.tolist(), *hi.tolist()}))
+      p50, p90, p99 = _lerp(virtual, lo, part[lo], part[hi])
     return Percentiles(float(p50), float(p90), float(p99), float(v.mean()), int(v.size))
 
 
@@ -255,16 +287,27 @@ CSV_FIELDS = ("request_id", "status", "reason", "arrival_s", "prompt_tokens", "o
 
 
 def write_requests_csv(records: Sequence[RequestRecord], path: str | os.PathLike) -> None:
-  """One row per request (``CSV_FIELDS``); empty cells where undefined."""
+  """One row per request (``CSV_FIELDS``); empty cells where undefined. The
+  bytes ``csv.writer`` (default dialect) writes: floats as ``repr``, text quoted
+  only where it must be."""
   with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(CSV_FIELDS)
-    for r in records:
-      w.writerow([r.request_id, r.status.value, r.reason, r.arrival_s, r.prompt_tokens,
-                  r.output_tokens, r.tokens, _cell(r.queue_s), _cell(r.ttft_s),
-                  _cell(r.tbt_s), _cell(r.e2e_s), _cell(r.max_itl_s),
-                  r.prompt_instance, r.token_instance, r.transfer_bytes, r.transfer_s,
-                  r.preemptions])
+    csv.writer(f).writerow(CSV_FIELDS)
+    f.write("".join([
+        f"{r.request_id},{_text(r.status.value)},{_text(r.reason)},{r.arrival_s!r},"
+        f"{r.prompt_tokens},{r.output_tokens},{r.tokens},{_cell(r.queue_s)},"
+        f"{_cell(r.ttft_s)},{_cell(r.tbt_s)},{_cell(r.e2e_s)},{_cell(r.max_itl_s)},"
+        f"{_text(r.prompt_instance)},{_text(r.token_instance)},{r.transfer_bytes},"
+        f"{r.transfer_s!r},{r.preemptions}\r\n" for r in records]))
+
+
+_CSV_SPECIAL = frozenset(',"\r\n')
+
+
+def _text(s: str) -> str:
+  """A text cell as csv.writer's QUOTE_MINIMAL writes it."""
+  if _CSV_SPECIAL.isdisjoint(s):
+    return s
+  return '"' + s.replace('"', '""') + '"'
 
 
 def write_token_times_jsonl(records: Sequence[RequestRecord], path: str | os.PathLike) -> None:

@@ -35,7 +35,7 @@ def pool_sample(coord: Coordinator, now: float) -> PoolSample:
     decoding += len(i.decoding)
     kv = i.kv
     cap += kv.total_blocks * kv.block_tokens
-    used += kv.used_tokens
+    used += kv.used_blocks * kv.block_tokens
   return PoolSample(
       t_s=now, prompt_instances=n_prompt, token_instances=n_token,
       mixed_instances=n_mixed, colocated_instances=n_colocated,

@@ -193,5 +193,6 @@ def build(cfg, max_context: int) -> list[RequestSpec]:
   for s in specs:
     prompt = min(s.prompt_tokens, cfg.max_prompt_tokens or s.prompt_tokens, max_context - 1)
     output = min(s.output_tokens, cfg.max_output_tokens or s.output_tokens, max_context - prompt)
-    out.append(dataclasses.replace(s, prompt_tokens=prompt, output_tokens=output))
+    out.append(s if (prompt, output) == (s.prompt_tokens, s.output_tokens) else
+               RequestSpec(s.request_id, s.arrival_s, prompt, output))
   return out

@@ -76,7 +76,7 @@ def make_instances(roles: Sequence[Role], decode_slots: int, kv_capacity_tokens:
   return out
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Completion:
   """What a finished Work did. ``emitted``: requests that got tokens (one, or
   ``work.steps`` for decode rows; in work order); ``finished``: requests now
@@ -96,6 +96,7 @@ class Coordinator:
     self.instances = list(instances)
     self.by_name = {i.name: i for i in instances}
     self.policies = policies
+    self._steps = policies.steps
     self.max_prompt_tokens = max_prompt_tokens
     self.role_changes: list[RoleChange] = []
     # Who takes prompts / tokens: changes only in rebalance (roles, returning).
@@ -129,13 +130,13 @@ class Coordinator:
   # ---------------------------------------------------------------- pools
   def rebalance(self) -> list[RoleChange]:
     """Mixed-pool borrowing and returns (no-op without a mixed pool)."""
-    if self.policies.mixed_pool is None:
-      return []
     pool = self.policies.mixed_pool
+    if pool is None:
+      return []
     changes = pool.rebalance(self.instances)
     if changes or pool.flags_changed:       # roles or ``returning`` flags moved
       self._candidates = Candidates.of(self.instances)
-    self.role_changes.extend(changes)
+      self.role_changes.extend(changes)
     return changes
 
   # ---------------------------------------------------------------- iterations
@@ -147,10 +148,16 @@ class Coordinator:
       return None                   # step policies make work only from these
     if inst.role is Role.DOWN:
       return None
-    work = self.policies.steps[inst.role].next_work(inst, now)
+    work = self._steps[inst.role].next_work(inst, now)
     if work is not None:
       inst.busy = True
     return work
+
+  def repeats_decode(self, inst: Instance) -> bool:
+    """Whether ``inst``'s step policy would run its decode batch again next
+    iteration if nothing changed (``StepPolicy.repeats_decode``; simulators
+    leap over such iterations)."""
+    return self._steps[inst.role].repeats_decode(inst)
 
   def complete(self, work: Work) -> Completion:
     """Applies a finished ``work``: tokens emitted, phases advanced, memory of
@@ -169,12 +176,12 @@ class Coordinator:
           self._prefilled(inst, c.request, out)
         else:
           inst.prefilling.reweigh(c.request.request_id)
-    steps = work.steps
+    steps, emitted = work.steps, out.emitted
     for r in work.decode:
       if r.phase is not finished:
         r.generated += steps
-        out.emitted.append(r)
-        if r.done:
+        emitted.append(r)
+        if r.generated >= r.output_tokens:            # r.done
           del inst.decoding[r.request_id]
           inst.give_back_slot(r)
           self._finished(r, out)

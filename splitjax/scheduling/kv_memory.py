@@ -20,33 +20,28 @@ class KVMemory:
 
   Each request holds ceil(tokens / block_tokens) blocks: reserve the whole
   prompt + output up front (no preemption needed for memory) or grow later.
+  ``total_blocks`` (fixed) and ``used_blocks`` (the sum of what requests hold)
+  are plain attributes for cheap reads; only ``allocate`` / ``free`` change
+  ``used_blocks``.
   """
   capacity_tokens: int
   block_tokens: int = 16
   _held: dict[int, int] = dataclasses.field(default_factory=dict)  # request id -> blocks
-  _used: int = 0                                                     # sum of _held
+  used_blocks: int = dataclasses.field(default=0, init=False)
 
   def __post_init__(self):
     if self.capacity_tokens <= 0 or self.block_tokens <= 0:
       raise ValueError("capacity_tokens and block_tokens must be positive")
-    self._total = self.capacity_tokens // self.block_tokens   # capacity is fixed
+    self.total_blocks = self.capacity_tokens // self.block_tokens   # capacity is fixed
     self.notify = lambda: None      # called after every change (Instance change tracking)
 
   @property
-  def total_blocks(self) -> int:
-    return self._total
-
-  @property
-  def used_blocks(self) -> int:
-    return self._used
-
-  @property
   def free_blocks(self) -> int:
-    return self._total - self._used
+    return self.total_blocks - self.used_blocks
 
   @property
   def used_tokens(self) -> int:
-    return self._used * self.block_tokens
+    return self.used_blocks * self.block_tokens
 
   def blocks_for(self, tokens: int) -> int:
     return -(-tokens // self.block_tokens)
@@ -56,24 +51,24 @@ class KVMemory:
     return self.blocks_for(tokens) <= self.total_blocks
 
   def can_allocate(self, tokens: int) -> bool:
-    return -(-tokens // self.block_tokens) <= self._total - self._used
+    return -(-tokens // self.block_tokens) <= self.total_blocks - self.used_blocks
 
   def allocate(self, request_id: int, tokens: int) -> None:
     if request_id in self._held:
       raise KVMemoryError(f"request {request_id} already holds KV memory")
     blocks = -(-tokens // self.block_tokens)
-    if blocks > self._total - self._used:
+    if blocks > self.total_blocks - self.used_blocks:
       raise KVMemoryError(f"request {request_id} needs {blocks} blocks, "
                           f"{self.free_blocks} free")
     self._held[request_id] = blocks
-    self._used += blocks
+    self.used_blocks += blocks
     self.notify()
 
   def free(self, request_id: int) -> None:
     blocks = self._held.pop(request_id, None)
     if blocks is None:
       raise KVMemoryError(f"request {request_id} holds no KV memory")
-    self._used -= blocks
+    self.used_blocks -= blocks
     self.notify()
 
   def holds(self, request_id: int) -> bool:

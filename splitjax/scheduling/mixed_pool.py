@@ -104,8 +104,10 @@ class MixedPool:
         k, p, q = 2, i.pending_prompt_tokens, i.token_pressure
       else:
         k, p, q = (4 if role is Role.DOWN else 3), 0, 0.0
-      old = loads.get(i)
-      loads[i] = (k, p, q)
+      old, new = loads.get(i), (k, p, q)
+      if new == old:
+        continue                           # unchanged: the sums stay as they are
+      loads[i] = new
       if old is None or old[0] != k:
         if old is not None:
           count[old[0]] -= 1
@@ -154,11 +156,8 @@ class MixedPool:
       return True
     return self._count[k] > 0 and self._lost(lender) and not self._count[2]
 
-  def _quiet(self, instances: Sequence[Instance]) -> bool:
-    """No mixed pool and no pressure: nothing to do (the common case)."""
-    self._bind(instances)
-    if not self._stale:
-      return self.quiet                # nothing changed since the last answer
+  def _quiet(self) -> bool:
+    """No mixed pool and no pressure: nothing to do (the common case). Bound."""
     self._refresh()
     count = self._count
     if count[2] or (count[4] and (self._wants(Role.TOKEN) or self._wants(Role.PROMPT))):
@@ -174,12 +173,18 @@ class MixedPool:
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
     """Borrows and returns until the state is a fixed point; returns the changes."""
     self.flags_changed = False
-    self._bind(instances)
-    if self._settled and not self._stale:
-      return []                          # a fixed point, and nothing changed since
-    self.quiet = self._settled = self._quiet(instances)
-    if self.quiet:
-      return []
+    if self._bound is not instances:
+      self._bind(instances)
+    if not self._stale:                  # nothing changed since the last call
+      if self._settled:
+        return []                        # ... which reached a fixed point
+      if self.quiet:
+        self._settled = True
+        return []
+    else:
+      self.quiet = self._settled = self._quiet()
+      if self.quiet:
+        return []
     changes: list[RoleChange] = []
     for lender in (Role.TOKEN, Role.PROMPT):
       key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN

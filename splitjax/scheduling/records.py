@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import heapq
+import operator
 
 from splitjax.scheduling.kv_memory import KVMemory
 
@@ -25,6 +27,10 @@ class Role(enum.Enum):
   COLOCATED = "colocated"
   DOWN = "down"
 
+  # Members are singletons compared by identity: hash them by identity too
+  # (Enum's own hash is a Python-level call, and these key hot dict lookups).
+  __hash__ = object.__hash__
+
 
 class Phase(enum.Enum):
   """Where a request is in its life."""
@@ -35,8 +41,10 @@ class Phase(enum.Enum):
   DECODING = "decoding"              # holds a decode slot
   FINISHED = "finished"              # completed or failed; holds nothing
 
+  __hash__ = object.__hash__         # see Role
 
-@dataclasses.dataclass(eq=False)
+
+@dataclasses.dataclass(eq=False, slots=True)
 class Request:
   """A request as policies see it.
 
@@ -212,6 +220,8 @@ class Instance:
   decoding: requests holding a decode slot (and KV for prompt + output).
   held: prompt-side KV kept until its transfer lands (request id -> request).
   max_request_tokens: longest prompt + output one slot can hold.
+  free_slots: free decode slot numbers, a heap (``heapq``: the lowest first).
+  role, returning: assigning either reports a change to the watchers.
   busy: a Work is running on this instance.
   returning: a borrowed (MIXED) instance that takes no new foreign work.
   """
@@ -239,18 +249,13 @@ class Instance:
   def __post_init__(self):
     if self.role is None:
       self.role = self.home
-    self.free_slots = list(range(self.decode_slots))
+    self.free_slots = list(range(self.decode_slots))     # a heap (heapq): lowest first
     for tracked in (self.prompt_queue, self.prefilling, self.incoming, self.decoding, self.kv):
       tracked.notify = self._changed
 
   def _changed(self) -> None:
     for w in self.watchers:
       w.add(self)
-
-  def __setattr__(self, name, value):
-    super().__setattr__(name, value)
-    if name in ("role", "returning") and "watchers" in self.__dict__:
-      self._changed()
 
   # ---------------------------------------------------------------- loads
   @property
@@ -276,8 +281,8 @@ class Instance:
     ones on a paged one; comparing tokens alone would send work to an
     instance whose slots are all taken."""
     kv = self.kv
-    load = kv._used * kv.block_tokens + self.incoming.tokens
-    return max(load / (kv._total * kv.block_tokens),
+    load = kv.used_blocks * kv.block_tokens + self.incoming.tokens
+    return max(load / (kv.total_blocks * kv.block_tokens),
                (len(self.decoding) + len(self.incoming)) / self.decode_slots)
 
   @property
@@ -315,13 +320,29 @@ class Instance:
   def take_slot(self, request: Request) -> None:
     """Gives ``request`` the lowest free slot and KV for its prompt + output."""
     self.kv.allocate(request.request_id, request.total_tokens)
-    request.slot = self.free_slots.pop(0)
+    request.slot = heapq.heappop(self.free_slots)
 
   def give_back_slot(self, request: Request) -> None:
     self.kv.free(request.request_id)
-    self.free_slots.append(request.slot)
-    self.free_slots.sort()
+    heapq.heappush(self.free_slots, request.slot)
     request.slot = None
+
+
+def _tracked(name: str) -> property:
+  """An Instance attribute whose every assignment reports a change to the
+  instance's watchers (who takes which work depends on it)."""
+  slot = "_" + name
+
+  def set_(self, value):
+    self.__dict__[slot] = value
+    for w in self.__dict__.get("watchers", ()):
+      w.add(self)
+  return property(operator.attrgetter(slot), set_, doc=f"{name} (assignments notify the watchers)")
+
+
+# After the dataclass is built: its __init__ assigns these through the properties.
+Instance.role = _tracked("role")
+Instance.returning = _tracked("returning")
 
 
 class WorkKind(enum.Enum):
@@ -329,8 +350,10 @@ class WorkKind(enum.Enum):
   DECODE = "decode"     # one token for every decoding request
   MIXED = "mixed"       # decode step + prompt chunks in one iteration (chunked prefill)
 
+  __hash__ = object.__hash__         # see Role
 
-@dataclasses.dataclass(frozen=True, eq=False)
+
+@dataclasses.dataclass(frozen=True, eq=False, slots=True)
 class Chunk:
   """Prompt tokens [start, end) of ``request`` computed in one MIXED step."""
   request: Request
@@ -342,7 +365,7 @@ class Chunk:
     return self.end == self.request.prompt_tokens
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Work:
   """One iteration for ``instance`` to run.
 

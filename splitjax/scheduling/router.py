@@ -9,6 +9,7 @@ instances that can take it, not a scan of the cluster.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import Sequence
 
@@ -54,25 +55,54 @@ def _token_candidates(request: Request, cands: Candidates) -> Sequence[Instance]
 
 
 class _Keys:
-  """Per-instance sort keys, recomputed only for instances that changed since
-  (registered in ``Instance.watchers``), so a choice costs a C-level ``min``."""
+  """The instance with the smallest key among candidates, keys kept sorted.
+
+  ``key(instance)`` must be unique per instance (it ends with the name). Keys
+  are recomputed only for instances that changed since (registered in
+  ``Instance.watchers``), each moved within the sorted order of the last
+  candidate sequence seen, so a choice costs O(changes x log n); a new
+  candidate sequence (a role change) is sorted once.
+  """
 
   def __init__(self, key):
-    self.key, self.cached, self.dirty = key, {}, set()
-    self._last = None              # the last instance sequence seen (all cached)
+    self.key, self.dirty = key, set()
+    self._cached: dict = {}        # instance -> its key when last computed
+    self._last = None              # the candidate sequence ordered below
+    self._members: set = set()     # ... as a set
+    self._keys: list = []          # its instances' keys, ascending
+    self._order: list = []         # ... and the instances, in the same order
 
-  def __call__(self, instances: Sequence[Instance]) -> dict:
-    cached, key = self.cached, self.key
-    for i in self.dirty:
-      cached[i] = key(i)
-    self.dirty.clear()
+  def best(self, instances: Sequence[Instance]) -> Instance:
+    """The candidate with the smallest key (``instances`` must not be empty)."""
+    cached, key = self._cached, self.key
     if instances is not self._last:
       for i in instances:
         if i not in cached:
           i.watchers.append(self.dirty)
-          cached[i] = key(i)
-      self._last = instances
-    return cached
+          self.dirty.add(i)
+      for i in self.dirty:
+        cached[i] = key(i)
+      self.dirty.clear()
+      ranked = sorted((cached[i], n) for n, i in enumerate(instances))
+      self._keys = [k for k, _ in ranked]
+      self._order = [instances[n] for _, n in ranked]
+      self._last, self._members = instances, set(instances)
+      return self._order[0]
+    if self.dirty:
+      keys, order, members = self._keys, self._order, self._members
+      for i in self.dirty:
+        old, new = cached[i], key(i)
+        if new == old:
+          continue
+        cached[i] = new
+        if i in members:
+          n = bisect.bisect_left(keys, old)
+          del keys[n], order[n]
+          n = bisect.bisect_left(keys, new)
+          keys.insert(n, new)
+          order.insert(n, i)
+      self.dirty.clear()
+    return self._order[0]
 
 
 class JSQRouter:
@@ -95,9 +125,8 @@ class JSQRouter:
   def choose(self, request: Request, cands: Candidates) -> tuple[Instance, Instance]:
     if not cands.prompts:
       raise NoInstanceError("no live instance takes prompts")
-    tokens = _token_candidates(request, cands)
-    token = min(tokens, key=self._token_keys(tokens).__getitem__)
-    return min(cands.prompts, key=self._prompt_keys(cands.prompts).__getitem__), token
+    token = self._token_keys.best(_token_candidates(request, cands))
+    return self._prompt_keys.best(cands.prompts), token
 
 
 class ColocatedJSQRouter:
@@ -112,6 +141,5 @@ class ColocatedJSQRouter:
     return self.choose(request, Candidates.of(instances))
 
   def choose(self, request: Request, cands: Candidates) -> tuple[Instance, Instance]:
-    tokens = _token_candidates(request, cands)
-    inst = min(tokens, key=self._keys(tokens).__getitem__)
+    inst = self._keys.best(_token_candidates(request, cands))
     return inst, inst

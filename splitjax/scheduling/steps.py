@@ -27,6 +27,20 @@ class StepPolicy(Protocol):
     Work comes only from ``prompt_queue``, ``prefilling``, ``decode_queue`` and
     ``decoding`` (the coordinator skips the call when all four are empty)."""
 
+  def repeats_decode(self, inst: Instance) -> bool:
+    """Whether, right after a DECODE work of ``inst``, the next iteration would
+    be the same decode batch again as long as no request finishes and nothing
+    else changes on ``inst`` (what lets a simulator leap over iterations)."""
+
+
+class _RepeatsDecode:
+  """A policy whose decode batch, once chosen, is chosen again until a request
+  finishes or the instance's queues change: admission needs a slot and KV that
+  only a finish frees, and prompts already queued did not fit either."""
+
+  def repeats_decode(self, inst: Instance) -> bool:
+    return True
+
 
 def _prefill_work(inst: Instance, batch: list, now: float) -> Work:
   moves = tuple(r for r in batch if r.token_instance != inst.name and r.output_tokens > 1)
@@ -40,7 +54,7 @@ def _decode_work(inst: Instance, admitted: list, now: float) -> Work | None:
               decode=tuple(inst.decoding.values()), started_s=now)
 
 
-class PromptStep:
+class PromptStep(_RepeatsDecode):
   """Prefill the next FCFS batch (prompt pool)."""
 
   def __init__(self, batcher: FCFSPromptBatcher):
@@ -51,7 +65,7 @@ class PromptStep:
     return _prefill_work(inst, batch, now) if batch else None
 
 
-class TokenStep:
+class TokenStep(_RepeatsDecode):
   """Admit arrived requests that fit, then step every decoding request (token pool)."""
 
   def __init__(self, batcher: ContinuousTokenBatcher):
@@ -75,6 +89,11 @@ class MixedStep:
       raise ValueError("max_preemptions must be >= 0")
     self.prompts, self.tokens, self.cap = prompts, tokens, max_preemptions
 
+  def repeats_decode(self, inst: Instance) -> bool:
+    """A decode step resets every row's stall: with prompts queued, the next
+    iteration is theirs (unless they do not fit; counted as not repeating)."""
+    return not inst.prompt_queue
+
   def next_work(self, inst: Instance, now: float) -> Work | None:
     overdue = any(r.stalled >= self.cap for r in inst.decoding.values())
     if inst.prompt_queue and not overdue:
@@ -90,7 +109,7 @@ class MixedStep:
     return work
 
 
-class ColocatedStep:
+class ColocatedStep(_RepeatsDecode):
   """One instance, both phases, iteration-level batching with prefill priority
   (vLLM's default scheduler; Orca-style joins between iterations): a prompt
   batch runs whenever one can be admitted (a slot and prompt + output KV per
@@ -106,7 +125,7 @@ class ColocatedStep:
     return _decode_work(inst, [], now)
 
 
-class ChunkedColocatedStep:
+class ChunkedColocatedStep(_RepeatsDecode):
   """Sarathi-Serve chunked prefill: every iteration carries all decoding
   requests (one token each) and fills the rest of ``token_budget`` with prompt
   chunks: first prompts already being chunked (FCFS), then new prompts that get

@@ -6,10 +6,11 @@ landed KV transfers), and instances that ask a :class:`~splitjax.sim.perf_model.
 how long a batch takes instead of running it. Only the instances an event
 touches are asked for new work.
 
-Leap mode: a decode batch whose membership cannot change is advanced across
-many iterations in one event (each step's time still follows the perf model
-as contexts grow by one token per step), up to the first request that
-finishes. If an event touches a leaping instance (a prompt or KV arriving
+Leap mode: a decode batch whose membership cannot change, and which its step
+policy would choose again (``Coordinator.repeats_decode``: not a mixed-pool
+instance with prompts queued), is advanced across many iterations in one
+event (each step's time still follows the perf model as contexts grow by one
+token per step), up to the first request that finishes. If an event touches a leaping instance (a prompt or KV arriving
 there, a role change) the leap is cut back to the iteration in progress, which
 is exactly where the stepping mode would next ask the policy. Stepping mode
 (``leap=False``) is the reference; tests check the two agree request by request.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,13 +47,15 @@ _DONE, _LANDED, _ARRIVAL = 0, 1, 2
 TransferTime = Callable[[Request, Instance, Instance, float], tuple[float, int]]
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Running:
   """A work in flight. ``ends``: end time of each planned step (a list of one
-  for single steps, an array for leaps); ``version`` invalidates a heap entry
-  after a cut."""
+  for single steps, an array for leaps); ``first`` / ``last``: its first and
+  last entries as floats; ``version`` invalidates a heap entry after a cut."""
   work: Work
   ends: list[float] | np.ndarray
+  first: float
+  last: float
   version: int = 0
 
 
@@ -84,7 +88,7 @@ class Simulator:
     self.work_observers: list[Callable[[int, Work, float, float], None]] = []
     self._heap: list = []
     self._seq = itertools.count()
-    self._running: dict[str, _Running] = {}
+    self._running: dict[Instance, _Running] = {}
     self._index = {i: n for n, i in enumerate(coord.instances)}
     self.records: dict[int, RequestRecord] = {}
     self.now = 0.0
@@ -106,38 +110,28 @@ class Simulator:
     # Arrivals are merged from a sorted list: at equal times they come after
     # heap events (finished iterations, landed transfers), by request id.
     arrivals = sorted(specs, key=lambda s: (s.arrival_s, s.request_id))
-    heap, running, coord, by_name = self._heap, self._running, self.coord, self.coord.by_name
-    timeline, next_sample, a = [], 0.0, 0
+    times = [s.arrival_s for s in arrivals] + [math.inf]
+    heap, running, coord = self._heap, self._running, self.coord
+    handle, settle, pop = self._handle, self._settle, heapq.heappop
+    timeline, next_sample, a, last = [], 0.0, 0, len(arrivals)
     while True:
-      if heap and (a == len(arrivals) or heap[0][0] <= arrivals[a].arrival_s):
-        t, kind, _, _, obj, version = heapq.heappop(heap)
+      if heap and heap[0][0] <= times[a]:
+        t, kind, _, _, obj, version = pop(heap)
         if kind == _DONE:
-          run = running.get(obj.instance.name)
+          run = running.get(obj.instance)
           if run is None or run.work is not obj or run.version != version:
             continue                                # superseded by a cut leap
-      elif a < len(arrivals):
-        obj, kind, a = arrivals[a], _ARRIVAL, a + 1
-        t = obj.arrival_s
+      elif a < last:
+        obj, kind, t = arrivals[a], _ARRIVAL, times[a]
+        a += 1
       else:
         break
-      while next_sample <= t:
-        timeline.append(pool_sample(coord, next_sample))
-        if stop is not None and stop(next_sample):
-          self._stop(next_sample)
+      if next_sample <= t:
+        next_sample = self._sample(timeline, next_sample, t, stop)
+        if self.stopped_s is not None:
           break
-        next_sample += self.sample_every_s
-      if self.stopped_s is not None:
-        break
       self.now, self.events = t, self.events + 1
-      touched = self._handle(kind, obj)
-      changes = coord.rebalance()
-      while touched or changes:   # new work can move the pool: settle before time moves on
-        if changes:
-          touched |= {by_name[c.instance] for c in changes}
-        for inst in (sorted(touched, key=self._index.__getitem__) if len(touched) > 1
-                     else touched):
-          self._kick(inst)
-        touched, changes = set(), coord.rebalance()
+      settle(handle(kind, obj))
       if self.check_memory:
         for i in coord.instances:
           assert i.kv.used_blocks <= i.kv.total_blocks, f"{i.name} over KV capacity at {t}"
@@ -148,34 +142,61 @@ class Simulator:
                      timeline, list(coord.role_changes),
                      utilization=self.busy.pools(self.now))
 
+  def _sample(self, timeline: list, next_sample: float, t: float, stop) -> float:
+    """Occupancy samples due up to ``t`` (asking ``stop`` at each); the next one's time."""
+    while next_sample <= t:
+      timeline.append(pool_sample(self.coord, next_sample))
+      if stop is not None and stop(next_sample):
+        self._stop(next_sample)
+        break
+      next_sample += self.sample_every_s
+    return next_sample
+
+  def _settle(self, touched: Sequence[Instance]) -> None:
+    """Asks the instances an event touched for work (in cluster order), then
+    settles the mixed pool, asking the instances it moved, until nothing moves:
+    new work can move the pool, so it settles before time moves on."""
+    rebalance, kick = self.coord.rebalance, self._kick
+    changes = rebalance()
+    while touched or changes:
+      if changes:
+        by_name = self.coord.by_name
+        touched = {*touched, *(by_name[c.instance] for c in changes)}
+      if len(touched) > 1:
+        touched = sorted(touched, key=self._index.__getitem__)
+      for inst in touched:
+        kick(inst)
+      touched, changes = (), rebalance()
+
   def _push(self, t: float, kind: int, obj, tiebreak: int, version: int = 0) -> None:
     heapq.heappush(self._heap, (t, kind, tiebreak, next(self._seq), obj, version))
 
   # ------------------------------------------------------------------ events
-  def _handle(self, kind: int, obj) -> set:
+  def _handle(self, kind: int, obj) -> Sequence[Instance]:
+    """Applies one event; returns the instances it touched."""
+    if kind == _DONE:
+      return self._done(obj)
     by_name = self.coord.by_name
     if kind == _ARRIVAL:
       # Only the prompt side can act on an arrival: no step policy looks at a
       # token instance's ``incoming`` (the request joins its decode queue when
       # its KV lands), so a leap there need not be cut.
       r = admit(self.coord, obj, self.records[obj.request_id])
-      return set() if r is None else {by_name[r.prompt_instance]}
-    if kind == _LANDED:
-      r = obj
-      rec = self.records[r.request_id]
-      rec.transfer_s = self.now - rec.first_token_s
-      self.coord.transfer_done(r)
-      return {by_name[r.token_instance], by_name[r.prompt_instance]}
-    return self._done(obj)
+      return () if r is None else (by_name[r.prompt_instance],)
+    r = obj                                            # _LANDED
+    rec = self.records[r.request_id]
+    rec.transfer_s = self.now - rec.first_token_s
+    self.coord.transfer_done(r)
+    return by_name[r.token_instance], by_name[r.prompt_instance]
 
-  def _done(self, work: Work) -> set:
+  def _done(self, work: Work) -> tuple[Instance]:
     inst = work.instance
-    ends, n = self._running.pop(inst.name).ends, work.steps
-    first, last = float(ends[0]), float(ends[-1])
+    run = self._running.pop(inst)
+    ends, first, last, start = run.ends, run.first, run.last, work.started_s
     index = self._index[inst]
-    self.busy.add(index, work.kind, work.started_s, last)
+    self.busy.add(index, work.kind, start, last)
     for observe in self.work_observers:
-      observe(index, work, work.started_s, last)
+      observe(index, work, start, last)
     done = self.coord.complete(work)
     records = self.records
     if work.decode:
@@ -187,12 +208,13 @@ class Simulator:
       rec = records[r.request_id]
       rec.preemptions = r.preemptions
       rec.finish(RequestStatus.COMPLETED)
-    for r in done.transfers:
-      src, dst = inst, self.coord.by_name[r.token_instance]
-      seconds, nbytes = self.transfer(r, src, dst, last - work.started_s)
-      records[r.request_id].transfer_bytes = nbytes
-      self._push(self.now + seconds, _LANDED, r, r.request_id)
-    return {inst}
+    if done.transfers:
+      by_name, now = self.coord.by_name, self.now
+      for r in done.transfers:
+        seconds, nbytes = self.transfer(r, inst, by_name[r.token_instance], last - start)
+        records[r.request_id].transfer_bytes = nbytes
+        self._push(now + seconds, _LANDED, r, r.request_id)
+    return (inst,)
 
   def _decoded(self, work: Work, emitted: list, ends, first: float, last: float) -> None:
     """Token times of a step (or leap) with decode rows: each decode row got
@@ -200,15 +222,19 @@ class Simulator:
     first token at the end. Gaps go to ``self.gaps``: the in-leap ones once,
     weighted by the rows."""
     n, records, gaps = work.steps, self.records, self.gaps
-    diffs = ends[1:] - ends[:-1] if n > 1 else None
-    inner = float(np.maximum.reduce(diffs)) if n > 1 else 0.0
-    times = ends.tolist() if n > 1 and self.keep_token_times else None
-    decode = {id(r) for r in work.decode}
+    if n > 1:
+      diffs = ends[1:] - ends[:-1]
+      inner = float(np.maximum.reduce(diffs))
+      times = ends.tolist() if self.keep_token_times else None
+    else:
+      diffs, inner, times = None, 0.0, None
+    # Every emitted request is a decode row unless prompt chunks finished here.
+    decode = {id(r) for r in work.decode} if work.chunks else None
     rows, since = 0, {}                  # previous token time -> rows (usually one or two)
     for r in emitted:
       rec = records[r.request_id]
       prev = rec.last_token_s
-      if id(r) in decode:
+      if decode is None or id(r) in decode:
         rows += 1
         since[prev] = since.get(prev, 0) + 1
         rec.add_tokens(first, last, n, inner, times)
@@ -224,46 +250,53 @@ class Simulator:
   # ------------------------------------------------------------------ work
   def _kick(self, inst: Instance) -> None:
     """Asks an idle instance for work; cuts a leap an event may have changed."""
-    run = self._running.get(inst.name)
+    run = self._running.get(inst)
     if run is not None:
       self._cut(run)
       return
-    work = self.coord.next_work(inst, self.now)
+    now = self.now
+    work = self.coord.next_work(inst, now)
     if work is None:
       return
-    for r in list(work.prefill) + [c.request for c in work.chunks if c.start == 0]:
-      self.records[r.request_id].scheduled_s = self.now
+    records = self.records
+    for r in work.prefill:
+      records[r.request_id].scheduled_s = now
+    for c in work.chunks:
+      if c.start == 0:
+        records[c.request.request_id].scheduled_s = now
     ends = self._plan(work)
-    work.steps = len(ends)
-    run = self._running[inst.name] = _Running(work, ends)
-    self._push(float(ends[-1]), _DONE, work, self._index[inst], run.version)
+    work.steps = n = len(ends)
+    first, last = (ends[0], ends[-1]) if n == 1 else (ends.item(0), ends.item(-1))
+    self._running[inst] = _Running(work, ends, first, last)
+    heapq.heappush(self._heap, (last, _DONE, self._index[inst], next(self._seq), work, 0))
 
   def _plan(self, work: Work) -> list[float] | np.ndarray:
     """End time of each step: one for a prefill / mixed step or a single decode
     step, an array for a leap over many decode steps."""
     perf = self.perf[work.instance.name]
-    if work.kind == WorkKind.PREFILL:
+    if work.kind is WorkKind.PREFILL:
       return [self.now + perf.prefill_time([r.prompt_tokens for r in work.prefill])]
-    ctx = [r.prompt_tokens + r.generated for r in work.decode]
-    if work.kind == WorkKind.MIXED:
+    decode = work.decode
+    if work.kind is WorkKind.MIXED:
       chunks = [(c.start, c.end - c.start) for c in work.chunks]
-      return [self.now + perf.mixed_time(ctx, chunks)]
-    steps = min(r.output_tokens - r.generated for r in work.decode) if self.leap else 1
-    batch, total = len(ctx), sum(ctx)
+      return [self.now + perf.mixed_time([r.prompt_tokens + r.generated for r in decode],
+                                         chunks)]
+    batch, total = len(decode), sum([r.prompt_tokens + r.generated for r in decode])
+    steps = (min([r.output_tokens - r.generated for r in decode])
+             if self.leap and self.coord.repeats_decode(work.instance) else 1)
     if steps == 1:
       return [self.now + perf.decode_step_time(batch, total)]
-    # Every context grows by one token per step. Accumulating [now, d0, d1, ...]
+    # Every context grows by one token per step. Accumulating [now + d0, d1, ...]
     # left to right gives the very floats stepping computes (now + d0) + d1 ...
-    ctx_sums = np.arange(total, total + batch * steps, batch, dtype=np.float64)[:steps]
-    ends = np.empty(steps + 1)
-    ends[0] = self.now
-    ends[1:] = perf.decode_step_times(batch, ctx_sums)
-    return np.add.accumulate(ends, out=ends)[1:]
+    ends = perf.decode_step_times(batch, np.arange(total, total + batch * steps, batch,
+                                                   dtype=np.float64))
+    ends[0] = self.now + ends.item(0)
+    return np.add.accumulate(ends, out=ends)
 
   def _cut(self, run: _Running) -> None:
     """Shortens a leap to the step in progress (where stepping would re-plan)."""
     work = run.work
-    if work.kind != WorkKind.DECODE or len(run.ends) == 1:
+    if work.kind is not WorkKind.DECODE or len(run.ends) == 1:
       return
     # Stepping would have ended an iteration finishing exactly now before this
     # event and started the next one: keep through the first step ending later.
@@ -271,9 +304,10 @@ class Simulator:
     if keep >= len(run.ends):
       return
     run.ends = run.ends[:keep]
+    run.last = run.ends.item(-1)
     work.steps = keep
     run.version += 1
-    self._push(float(run.ends[-1]), _DONE, work, self._index[work.instance], run.version)
+    self._push(run.last, _DONE, work, self._index[work.instance], run.version)
 
   def _stop(self, t: float) -> None:
     """Ends the run at ``t``: whatever has not ended fails, saying so."""

@@ -113,6 +113,7 @@ class KVLink:
     # Prompts of at least this many tokens go layer-wise.
     self.layerwise_from = (0 if mode == TransferMode.LAYERWISE else
                            layerwise_min_tokens if mode == TransferMode.AUTO else None)
+    self._exposed: dict[tuple[int, float], float] = {}    # memo of exposed_time
 
   def nbytes(self, prompt_tokens: int) -> int:
     """Bytes of the prompt's KV (GQA-aware), as :func:`kv_bytes`."""
@@ -121,7 +122,15 @@ class KVLink:
     return prompt_tokens * self.bytes_per_token
 
   def exposed_time(self, prompt_tokens: int, prefill_s: float) -> float:
-    """Seconds from the prefill's end until the KV is on the destination."""
+    """Seconds from the prefill's end until the KV is on the destination
+    (remembered per (prompt_tokens, prefill_s): prompts alone repeat both)."""
+    key = (prompt_tokens, prefill_s)
+    seconds = self._exposed.get(key)
+    if seconds is None:
+      seconds = self._exposed[key] = self._exposed_time(prompt_tokens, prefill_s)
+    return seconds
+
+  def _exposed_time(self, prompt_tokens: int, prefill_s: float) -> float:
     nbytes = self.nbytes(prompt_tokens)
     start = self.layerwise_from
     if start is not None and prompt_tokens >= start:

@@ -65,7 +65,7 @@ class PerfModel(Protocol):
 
   def decode_step_times(self, batch: int, context_sums: np.ndarray) -> np.ndarray:
     """``decode_step_time`` for each entry of ``context_sums`` (float64 array),
-    bit-identical to the scalar calls."""
+    bit-identical to the scalar calls; a new array (the caller may change it)."""
 
   def mixed_time(self, context_lens: Sequence[int], chunks: Sequence[tuple[int, int]]) -> float:
     """Seconds for one iteration running decode rows plus prompt chunks."""
@@ -259,6 +259,9 @@ class ProfilePerfModel:
   decode_fit_max: float
   phase_power: PhasePower
   decode_by_batch: Curve | None = None       # batch size -> step seconds (batch-only decode)
+  # prompt length -> prefill seconds of that prompt alone, filled as asked
+  _single_s: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                      compare=False, hash=False)
 
   @classmethod
   def from_csv(cls, path: str | os.PathLike | None = None, model: str = "llama2-70b",
@@ -282,6 +285,14 @@ class ProfilePerfModel:
                Curve.through(batched), coef, rms, worst, _measured_power(points), by_batch)
 
   def prefill_time(self, prompt_lens: Sequence[int]) -> float:
+    if len(prompt_lens) == 1 and type(prompt_lens[0]) is int:   # the common case: cached
+      seconds = self._single_s.get(prompt_lens[0])
+      if seconds is None:
+        seconds = self._single_s[prompt_lens[0]] = self._prefill_time(prompt_lens)
+      return seconds
+    return self._prefill_time(prompt_lens)
+
+  def _prefill_time(self, prompt_lens: Sequence[int]) -> float:
     lens = _lengths("prompt lengths", prompt_lens, 1)
     if not lens:
       return 0.0
@@ -309,7 +320,9 @@ class ProfilePerfModel:
     if self.decode_by_batch is not None:
       return np.full(len(context_sums), self.decode_by_batch(batch))
     a, b, c = self.decode_coef
-    return a + b * batch + c * np.asarray(context_sums, np.float64)
+    out = context_sums * c
+    out += a + b * batch                  # (a + b * batch) + c * sum, as the scalar
+    return out
 
   def mixed_time(self, context_lens: Sequence[int],
                  chunks: Sequence[tuple[int, int]]) -> float:
@@ -362,5 +375,12 @@ def _measured_power(points: Sequence[ProfilePoint]) -> PhasePower:
   avg = [p.average_power for p in points if not math.isnan(p.average_power)]
   if not peak or not avg:
     return PhasePower()
-  prefill = float(np.median(peak))
-  return PhasePower(prefill=prefill, decode=float(np.median(avg)), mixed=prefill)
+  prefill = _median(peak)
+  return PhasePower(prefill=prefill, decode=_median(avg), mixed=prefill)
+
+
+def _median(values: Sequence[float]) -> float:
+  """The median, as ``np.median`` computes it (the mean of the middle two when
+  even), without numpy's masked-array import."""
+  xs, mid = sorted(values), len(values) // 2
+  return float(xs[mid]) if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2

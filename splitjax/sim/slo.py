@@ -23,12 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
-from splitjax.metrics import RequestRecord, RequestStatus
+from splitjax.metrics import Percentiles, RequestRecord, RequestStatus
 from splitjax.sim.hardware import get_hardware
 from splitjax.sim.perf_model import PerfModel, PerfModelError
 from splitjax.sim.sim_config import SimConfig, SLOConfig
 
-PERCENTILES = (50, 90, 99)
+PERCENTILES = (50, 90, 99)         # those of metrics.Percentiles
 
 
 class SLOMetric(enum.Enum):
@@ -158,11 +158,17 @@ def check(slow: dict[SLOMetric, np.ndarray], slo: SLOConfig) -> SLOReport:
   completed = np.asarray(slow[SLOMetric.TTFT]).size > 0
   for metric in SLOMetric:
     values = np.asarray(slow[metric], dtype=np.float64)
-    pcts = np.percentile(values, PERCENTILES) if values.size else [math.nan] * 3
+    pcts = _percentiles(values) if values.size else [math.nan] * 3
     for q, value, limit in zip(PERCENTILES, pcts, getattr(slo, metric.value)):
       met = value <= limit if values.size else metric == SLOMetric.TBT and completed
       checks.append(SLOCheck(metric, q, float(value), float(limit), bool(met)))
   return SLOReport(tuple(checks), slo.reference_hardware)
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float, float]:
+  """``np.percentile(values, PERCENTILES)``, float for float (``Percentiles``)."""
+  p = Percentiles.of_array(values)
+  return p.p50, p.p90, p.p99
 
 
 def evaluate(cfg: SimConfig, records: Sequence[RequestRecord]) -> SLOReport:

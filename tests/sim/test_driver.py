@@ -85,6 +85,20 @@ def test_leap_equals_stepping_request_by_request(reqs, policy):
   assert stepped.role_changes == leapt.role_changes
 
 
+def test_a_mixed_instance_with_prompts_queued_does_not_leap():
+  """A borrowed instance decoding because a row is overdue (prompts queued)
+  runs prompts again after one step: stepping and leaping agree (a case found
+  by the test above)."""
+  reqs = [(0.125, 57, 1), (0.125, 369, 1), (0.15625, 57, 1), (0.140625, 31, 1),
+          (0.15625, 56, 1), (0.171875, 1, 1), (0.0625, 258, 11)]
+  specs = [RequestSpec(i, a, p, o) for i, (a, p, o) in enumerate(reqs)]
+  kw = dict(borrow_prompt_tokens=200, chunk_token_budget=128, max_preemptions=2)
+  stepped, _ = _sim(specs, ClusterPolicy.SPLIT, True, leap=False, **kw)
+  leapt, _ = _sim(specs, ClusterPolicy.SPLIT, True, leap=True, **kw)
+  assert stepped.role_changes == leapt.role_changes and stepped.role_changes
+  assert [r.token_times_s for r in stepped.records] == [r.token_times_s for r in leapt.records]
+
+
 def test_runs_are_deterministic_and_decode_depends_on_context():
   specs = [RequestSpec(i, 0.01 * i, 50 + 37 * i % 800, 5 + i % 30) for i in range(60)]
   a, _ = _sim(specs, ClusterPolicy.SPLIT, True, True)
