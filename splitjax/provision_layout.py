@@ -182,6 +182,12 @@ class Budget:
                 f"iso-throughput {self.rate:g} req/s, least {self.minimize.value}"}[self.kind]
 
 
+class Strategy(enum.Enum):
+  """How an ISO_POWER / ISO_COST search covers the layouts of its budget."""
+  SWEEP = "sweep"    # every layout's max rate bisected (no shape assumed)
+  CLIMB = "climb"    # per kind pair, climb the unimodal max rate (provision_climb)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
   """Machine kinds per pool and the grid of counts (machines)."""
@@ -193,6 +199,7 @@ class SearchSpace:
   # > 0: a second pass at this step: budgets, prompt counts within one grid step
   # of the best; ISO_THROUGHPUT, the whole finer grid, bounded by the grid's winner.
   refine_step: int = 0
+  strategy: Strategy = Strategy.SWEEP    # budgets: sweep or climb each kind pair's line
 
   def __post_init__(self):
     if self.step < 1 or self.max_machines < 1 or self.refine_step < 0:
@@ -225,6 +232,20 @@ def fill_up(budget: Budget, price: Mapping[str, Price], prompt: Pool,
   return Layout(Pool(prompt.machines + more, prompt.kind), Pool(tokens, token_kind))
 
 
+def budget_line(budget: Budget, price: Mapping[str, Price], prompt_kind: str,
+                token_kind: str, step: int, around: int = 0, within: int = 0) -> list[Layout]:
+  """The layouts of one kind pair using an ISO_POWER / ISO_COST budget maximally
+  (:func:`fill_up`) with prompt counts on a grid of ``step``, by prompt count;
+  ``within`` > 0: only counts less than ``within`` away from ``around``."""
+  wp, wt = budget.measure(price[prompt_kind]), budget.measure(price[token_kind])
+  top = _count(budget.limit - wt, wp)
+  counts = range(step, top + 1, step)
+  if within:
+    counts = [n for n in range(around - within + step, around + within, step) if 1 <= n <= top]
+  out = [lay for p in counts if (lay := fill_up(budget, price, Pool(p, prompt_kind), token_kind))]
+  return sorted(dict.fromkeys(out), key=lambda lay: lay.prompt.machines)
+
+
 def budget_layouts(design: Design, space: SearchSpace, budget: Budget,
                    price: Mapping[str, Price]) -> list[Layout]:
   """Layouts using an ISO_POWER / ISO_COST budget maximally: per kind (pair),
@@ -245,9 +266,7 @@ def budget_layouts(design: Design, space: SearchSpace, budget: Budget,
     smallest = min(units.values())
   else:
     for pk, tk in itertools.product(space.prompt_kinds, space.token_kinds):
-      top = _count(budget.limit - units[tk], units[pk])
-      out += [lay for p in range(space.step, top + 1, space.step)
-              if (lay := fill_up(budget, price, Pool(p, pk), tk))]
+      out += budget_line(budget, price, pk, tk, space.step)
     smallest = min(space.step * units[pk] + units[tk]
                    for pk, tk in itertools.product(space.prompt_kinds, space.token_kinds))
   if not out:

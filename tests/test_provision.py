@@ -185,12 +185,14 @@ def test_bisection_settings_are_checked():
 # ---------------------------------------------------------------- the searches (fake probe)
 
 
+@pytest.mark.parametrize("strategy", list(pv.Strategy))
 @pytest.mark.parametrize("space", [
     SearchSpace(step=1),
     SearchSpace(step=5, refine_step=1),
     SearchSpace(prompt_kinds=(H, A), token_kinds=(H, A, CAP), step=1),
 ], ids=["hh-step1", "hh-step5-refine", "mixed-kinds"])
-def test_iso_power_search_finds_the_brute_force_optimum(space):
+def test_iso_power_search_finds_the_brute_force_optimum(space, strategy):
+  space = dataclasses.replace(space, strategy=strategy)
   budget = Budget(BudgetKind.ISO_POWER, power_w=40 * H100_W)
   price = _prices(H, A, CAP)
   fits = [lay for lay in _all_split(space.prompt_kinds, space.token_kinds, 80)
@@ -201,8 +203,14 @@ def test_iso_power_search_finds_the_brute_force_optimum(space):
   assert result.best.layout == best
   assert result.best.max_rate <= true_max(best) < result.best.max_rate * 1.025
   assert result.best is max(result.rows, key=lambda r: r.max_rate)
-  if space.step == 5:                     # the grid, then prompt counts 21..29 around 25
+  if space.step == 5 and strategy == pv.Strategy.SWEEP:   # the grid, then 21..29 around 25
     assert len(result.rows) == 7 + 8
+  if strategy == pv.Strategy.CLIMB:       # on the lattice: one bisection's resolution
+    lattice = result.best.rates.upper / result.best.max_rate
+    assert lattice == pytest.approx(1.025)
+    sweep = pv.search(Design.SPLIT, dataclasses.replace(space, strategy=pv.Strategy.SWEEP),
+                      budget, FakeProbe(), workers=1)
+    assert result.probes < sweep.probes / 2
 
 
 @pytest.mark.parametrize("rate", [20.0, 70.0, 133.0])
