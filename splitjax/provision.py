@@ -249,7 +249,8 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
            bisection: Bisection = Bisection(), workers: int | None = None,
            cache_dir: str | Path | None = None, progress: Callable[[str], None] | None = None,
            measure_winner: bool = True,
-           hints: Mapping[tuple[str, str | None], Hint] | None = None) -> SearchResult:
+           hints: Mapping[tuple[str, str | None], Hint] | None = None,
+           start: Sequence[Layout] = ()) -> SearchResult:
   """The best layout of ``design`` under ``budget`` (see the module docstring).
 
   ``probe(layout, rate)`` judges one rate (e.g. :class:`SimProbe`); ``workers``
@@ -257,7 +258,10 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
   every probe's outcome; ``progress`` gets a line per finished layout (per
   kind pair when climbing); ``measure_winner`` (ISO_THROUGHPUT) bisects the
   winner's max rate too; ``hints`` ((prompt kind, token kind or None) ->
-  :class:`Hint`): where CLIMB starts per kind pair (ignored otherwise).
+  :class:`Hint`): where CLIMB starts per kind pair (ignored otherwise);
+  ``start`` (ISO_THROUGHPUT): layouts probed first, e.g. a guess of the answer:
+  a feasible one bounds the walk at once, an infeasible one rules out every
+  layout it dominates (the answer is the same, with fewer probes).
   Raises ProvisionError (budget too small, unknown machine kind, empty space)
   before any probe runs.
   """
@@ -268,6 +272,8 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
       known: dict[Layout, LayoutResult] = {}
       at = lambda lays: _evaluate_all(lays, EvalMode.AT_RATE, budget.rate, price, run,
                                       bisection)
+      for row in at(list(dict.fromkeys(start))):
+        known[row.layout] = row
       for step in (space.step, space.refine_step):
         if step:
           walk(design, space, step, budget, price, at, known)

@@ -37,7 +37,7 @@ from splitjax.provision_rates import LayoutRates, RateLattice
 
 @dataclasses.dataclass(frozen=True)
 class Hint:
-  """Where a climb starts: the line's layout with the prompt count nearest
+  """Where a climb starts: the line's layout with the prompt (or co-located) count nearest
   ``prompt_machines``, its max rate resolved from ``rate`` (req/s, e.g. the
   answer of a similar search; 0: cold)."""
   prompt_machines: int
@@ -68,7 +68,7 @@ def climb_line(line: Sequence[Layout], probe: Probe, settings: ClimbSettings,
   seed = len(line) // 2
   first = None
   if hint is not None:
-    seed = min(range(len(line)), key=lambda i: (abs(line[i].prompt.machines
+    seed = min(range(len(line)), key=lambda i: (abs(line[i].pools[0].machines
                                                     - hint.prompt_machines), i))
     first = lat.below(hint.rate) if hint.rate > 0 else None
   _resolve(get(seed), first, settings)

@@ -1,0 +1,359 @@
+"""Running the reproduction's searches (``splitjax.paper``) on a few processes (no jax).
+
+Each search (:class:`~splitjax.paper.SearchSpec`) runs inline in one of
+``workers`` spawned processes (:class:`Workers`), as soon as the searches it
+depends on are done (:func:`run_graph`). A search depends on another when it
+starts from that one's answer (:func:`hints_for`, :func:`depends_on`):
+
+- a paper design at iso-cost starts each kind pair's climb from its iso-power
+  winner, scaled by how many times that winner fits the iso-cost budget;
+- Splitwise-any (default mixed pool) climbs each kind pair exactly as the
+  paper design of that pair does (same hints), so those probes are cache hits:
+  it waits for them; its other pairs at iso-cost start from its iso-power ones;
+- Splitwise-any with lazy borrowing starts each pair from the default's;
+- a rerun under another modelling ``Variant`` starts from our model's answer.
+
+Hints only choose where the climbs start, not what they may answer: every
+answer is a layout's highest feasible rate on the rate lattice
+(``splitjax.provision_rates``), the best under the unimodal assumption
+(``splitjax.provision_climb``). Given the same inputs a run asks the same
+probes, so a re-run is answered by the probe cache.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import itertools
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from splitjax.paper import (H100, H100_CAP, HHCAP_PAPER_SPLIT, PAPER_DESIGNS, FixedSplitCheck,
+                            LayoutPoint, LengthCheck, PaperDesign, RunSettings, SearchOutcome,
+                            SearchSpec, Trace, Tuning, Variant, base_sim, paper_budget)
+from splitjax.provision import (Bisection, BudgetKind, CachedProbe, Design, EvalMode, Hint,
+                                Layout, Pool, SimProbe, at_rate, prices, search)
+from splitjax.provision_rates import LayoutRates, RateLattice
+
+PairKey = tuple[str, str | None]      # (prompt kind, token kind) or (co-located kind, None)
+
+
+class Workers:
+  """``workers`` spawned processes (<= 1: every call runs inline at submit)."""
+
+  def __init__(self, workers: int):
+    self.workers = workers
+    self._pool = None
+
+  def __enter__(self) -> Workers:
+    if self.workers > 1:
+      import multiprocessing as mp
+      self._pool = cf.ProcessPoolExecutor(self.workers, mp.get_context("spawn"))
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(wait=True)
+
+  def submit(self, fn: Callable, *args) -> cf.Future:
+    if self._pool is not None:
+      return self._pool.submit(fn, *args)
+    future = cf.Future()
+    future.set_result(fn(*args))
+    return future
+
+  def map(self, tasks: Sequence[tuple]) -> list:
+    """``[fn(*args) for fn, *args in tasks]``, run in the pool."""
+    return [f.result() for f in [self.submit(*t) for t in tasks]]
+
+
+def run_search(spec: SearchSpec, settings: RunSettings,
+               hints: Mapping[PairKey, Hint] | None = None,
+               start: Sequence[Layout] = ()) -> SearchOutcome:
+  """One provisioning search, inline (runs in a worker process)."""
+  t0, c0 = time.perf_counter(), time.process_time()
+  probe = SimProbe.create(base_sim(spec.trace, spec.design, spec.variant, spec.tuning),
+                          settings.probe())
+  thr = spec.budget.kind == BudgetKind.ISO_THROUGHPUT
+  refine = thr or spec.design == PaperDesign.SPLITWISE_ANY
+  space = spec.design.space(settings.step, settings.max_machines,
+                            settings.refine_step if refine else 0, settings.strategy)
+  design = Design.SPLIT if spec.design.split else Design.COLOCATED
+  result = search(design, space, spec.budget, probe,
+                  bisection=Bisection(tolerance=settings.tolerance), workers=1,
+                  cache_dir=settings.cache_dir or None, hints=hints, start=start)
+  point = lambda r: LayoutPoint(r.layout, r.max_rate, r.price.cost_per_hour_usd,
+                                r.price.power_w, r.mode == EvalMode.MAX_RATE)
+  return SearchOutcome(spec, point(result.best) if result.best else None,
+                       tuple(point(r) for r in result.rows), result.probes,
+                       time.perf_counter() - t0, time.process_time() - c0)
+
+
+# ---------------------------------------------------------------- hints and dependencies
+
+
+def _pair(design: PaperDesign) -> PairKey:
+  _, first, second = design.value
+  return (first[0], second[0] if second else None)
+
+
+PAIR_DESIGNS = {_pair(d): d for d in PAPER_DESIGNS}
+
+
+def pair_bests(outcome: SearchOutcome) -> dict[PairKey, LayoutPoint]:
+  """The best bisected layout of each kind pair an outcome evaluated."""
+  out: dict[PairKey, LayoutPoint] = {}
+  for r in outcome.rows:
+    lay = r.layout
+    key = (lay.colocated.kind, None) if lay.colocated else (lay.prompt.kind, lay.token.kind)
+    if r.bisected and r.max_rate > 0 and (key not in out or r.max_rate > out[key].max_rate):
+      out[key] = r
+  return out
+
+
+def _scaled(outcome: SearchOutcome, spec: SearchSpec) -> dict[PairKey, Hint]:
+  """Hints from ``outcome``'s pair bests, scaled by how many times each fits
+  ``spec``'s budget (its machines and rate times that)."""
+  out = {}
+  for key, p in pair_bests(outcome).items():
+    used = p.power_w if spec.budget.in_watts else p.cost_per_hour_usd
+    scale = spec.budget.limit / used if used > 0 else 1.0
+    pools = p.layout.pools
+    out[key] = Hint(max(1, round(pools[0].machines * scale)), p.max_rate * scale)
+  return out
+
+
+def _same(spec: SearchSpec, **changes) -> SearchSpec:
+  return dataclasses.replace(spec, **changes)
+
+
+def _at(spec: SearchSpec, kind: BudgetKind, settings: RunSettings, **changes) -> SearchSpec:
+  return _same(spec, budget=paper_budget(kind, settings.budget_scale), **changes)
+
+
+def _ours_at_rate(spec: SearchSpec, planned: Iterable[SearchSpec]) -> SearchSpec | None:
+  """Our model's search of the same kind as the iso-throughput ``spec`` (its
+  rate may differ: Baseline-H100's rate differs by variant)."""
+  b = spec.budget
+  return next((s for s in planned if s.variant == Variant.OURS and
+               (s.trace, s.design, s.tuning) == (spec.trace, spec.design, spec.tuning) and
+               (s.budget.kind, s.budget.minimize) == (b.kind, b.minimize)), None)
+
+
+def _from_hh(spec: SearchSpec, hh: SearchOutcome) -> dict[PairKey, Hint]:
+  """A paper split design's hint from Splitwise-HH's winner at the same budget:
+  the same share of the budget on prompt machines (and HH's rate for HHcap,
+  whose prompt machines are HH's)."""
+  key = _pair(spec.design)
+  win = pair_bests(hh).get(_pair(PaperDesign.SPLITWISE_HH))
+  if win is None:
+    return {}
+  measure = lambda kind, n: spec.budget.measure(prices([kind])[kind].times(n))
+  share = measure(win.layout.prompt.kind, win.layout.prompt.machines) / spec.budget.limit
+  prompt = max(1, round(share * spec.budget.limit / measure(key[0], 1)))
+  return {key: Hint(prompt, win.max_rate if spec.design == PaperDesign.SPLITWISE_HHCAP
+                    else 0.0)}
+
+
+def _hh_first(spec: SearchSpec) -> bool:
+  """A paper split design at iso-power other than HH: it starts from HH's answer."""
+  return (spec.design.in_paper and spec.design.split and
+          spec.design != PaperDesign.SPLITWISE_HH and spec.budget.kind == BudgetKind.ISO_POWER)
+
+
+def depends_on(spec: SearchSpec, settings: RunSettings,
+               planned: Iterable[SearchSpec] = ()) -> list[SearchSpec]:
+  """The searches ``spec`` takes its hints (or start layouts) from (see the
+  module docstring); ``planned``: the searches planned so far."""
+  if spec.budget.kind == BudgetKind.ISO_THROUGHPUT:
+    if spec.variant == Variant.OURS:
+      return [_at(spec, BudgetKind.ISO_POWER, settings)]
+    ours = _ours_at_rate(spec, planned)
+    return [ours] if ours else []
+  if spec.variant != Variant.OURS:
+    return [_same(spec, variant=Variant.OURS)]
+  cost = spec.budget.kind == BudgetKind.ISO_COST
+  if spec.design != PaperDesign.SPLITWISE_ANY:
+    if _hh_first(spec):
+      return [_same(spec, design=PaperDesign.SPLITWISE_HH)]
+    return [_at(spec, BudgetKind.ISO_POWER, settings)] if cost else []
+  if spec.tuning != Tuning.DEFAULT:
+    return [_same(spec, tuning=Tuning.DEFAULT)]
+  deps = [_same(spec, design=d) for d in PAIR_DESIGNS.values() if d.split]
+  return deps + ([_at(spec, BudgetKind.ISO_POWER, settings)] if cost else [])
+
+
+def hints_for(spec: SearchSpec, outcomes: Mapping[SearchSpec, SearchOutcome],
+              settings: RunSettings) -> dict[PairKey, Hint]:
+  """Where each kind pair's climb starts (empty: cold, from the middle)."""
+  get = outcomes.get
+  if spec.budget.kind == BudgetKind.ISO_THROUGHPUT:
+    return {}
+  if spec.variant != Variant.OURS:
+    ours = get(_same(spec, variant=Variant.OURS))
+    return _scaled(ours, spec) if ours else {}
+  cost = spec.budget.kind == BudgetKind.ISO_COST
+  if spec.design != PaperDesign.SPLITWISE_ANY:
+    if _hh_first(spec):
+      hh = get(_same(spec, design=PaperDesign.SPLITWISE_HH))
+      return _from_hh(spec, hh) if hh else {}
+    power = get(_at(spec, BudgetKind.ISO_POWER, settings)) if cost else None
+    return _scaled(power, spec) if power else {}
+  if spec.tuning != Tuning.DEFAULT:
+    default = get(_same(spec, tuning=Tuning.DEFAULT))
+    return _scaled(default, spec) if default else {}
+  out = {}
+  if cost and (power := get(_at(spec, BudgetKind.ISO_POWER, settings))):
+    out = _scaled(power, spec)
+  prompt_kind = {}            # a pair no paper design has: from the one of its prompt kind
+  for key, d in PAIR_DESIGNS.items():          # exactly the paper design's climb
+    if not d.split:
+      continue
+    out.pop(key, None)
+    mine = hints_for(_same(spec, design=d), outcomes, settings)
+    out.update({k: h for k, h in mine.items() if k == key})
+    if not cost and (o := get(_same(spec, design=d))) and (b := pair_bests(o).get(key)):
+      if key[0] == key[1] or key[0] not in prompt_kind:
+        prompt_kind[key[0]] = Hint(b.layout.prompt.machines, b.max_rate)
+  for pk, tk in itertools.product(*spec.design.value[1:]):
+    if (pk, tk) not in PAIR_DESIGNS and (pk, tk) not in out and pk in prompt_kind:
+      out[(pk, tk)] = prompt_kind[pk]
+  return out
+
+
+def start_for(spec: SearchSpec, outcomes: Mapping[SearchSpec, SearchOutcome],
+              settings: RunSettings) -> list[Layout]:
+  """Iso-throughput: guesses probed first (``provision.search``'s ``start``): the
+  winner of our iso-power search of the design (or, for a variant, of our
+  iso-throughput search), scaled by the required rate over its rate, and 20%
+  more; counts on the search's finest grid."""
+  if spec.budget.kind != BudgetKind.ISO_THROUGHPUT:
+    return []
+  src = (_at(spec, BudgetKind.ISO_POWER, settings) if spec.variant == Variant.OURS
+         else _ours_at_rate(spec, outcomes))
+  o = outcomes.get(src) if src else None
+  if not (o and o.best and o.best.max_rate > 0 and o.best.layout.prompt):
+    return []
+  grid = settings.refine_step or settings.step
+  rate = src.budget.rate if src.budget.kind == BudgetKind.ISO_THROUGHPUT else o.best.max_rate
+  out = []
+  for more in (1.0, 1.2):
+    scale = spec.budget.rate / rate * more
+    n = lambda p: max(grid, grid * round(p.machines * scale / grid))
+    p, t = o.best.layout.prompt, o.best.layout.token
+    out.append(Layout(Pool(n(p), p.kind), Pool(n(t), t.kind)))
+  return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_graph(specs: Iterable[SearchSpec], settings: RunSettings, workers: Workers,
+              progress: Callable[[str], None] | None = None,
+              more: Callable[[Mapping[SearchSpec, SearchOutcome], Sequence[SearchSpec]],
+                             Iterable[SearchSpec]] | None = None
+              ) -> dict[SearchSpec, SearchOutcome]:
+  """Every search, each once the planned searches it depends on are done;
+  ``more(outcomes, planned)`` (called after each) may plan more."""
+  planned = list(dict.fromkeys(specs))
+  out: dict[SearchSpec, SearchOutcome] = {}
+  running: dict[cf.Future, SearchSpec] = {}
+  started: set[SearchSpec] = set()
+  while True:
+    for s in planned:
+      if s not in started and all(d in out for d in depends_on(s, settings, planned)
+                                  if d in planned):
+        started.add(s)
+        running[workers.submit(run_search, s, settings, hints_for(s, out, settings),
+                               start_for(s, out, settings))] = s
+    if not running:
+      return out
+    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+    for f in done:
+      o = out[running.pop(f)] = f.result()
+      if progress:
+        win = f"{o.best.layout.label}: {o.best.max_rate:.1f} req/s" if o.best else "no layout"
+        progress(f"[{len(out)}/{len(planned)}] {o.spec.describe()} -> {win} "
+                 f"({o.probes} probes, {o.seconds:.1f} s, {o.cpu_s:.1f} s CPU)")
+    if more:
+      planned += [s for s in dict.fromkeys(more(out, planned)) if s not in planned]
+
+
+# ---------------------------------------------------------------- checks beyond the searches
+
+
+def _lattice_rate(probe, layout: Layout, settings: RunSettings, hint: float = 0.0) -> float:
+  """``layout``'s max rate (req/s) on the searches' rate lattice, from ``hint``."""
+  lattice = RateLattice.of(Bisection(tolerance=settings.tolerance))
+  rates = LayoutRates(layout, probe, lattice)
+  return rates.resolve(lattice.below(hint) if hint > 0 else None).bracket().lower
+
+
+def _cached(probe, settings: RunSettings):
+  return CachedProbe(probe, Path(settings.cache_dir)) if settings.cache_dir else probe
+
+
+def length_check(trace: Trace, design: PaperDesign, layout: Layout, duration_s: float,
+                 settings: RunSettings, hint: float = 0.0) -> LengthCheck:
+  """``layout``'s max rate with ``duration_s``-second probes, resolved on the
+  searches' lattice from ``hint`` req/s (cached like the searches)."""
+  probe = _cached(SimProbe.create(base_sim(trace, design), settings.probe(duration_s)),
+                  settings)
+  return LengthCheck(trace, design, layout, duration_s,
+                     _lattice_rate(probe, layout, settings, hint))
+
+
+def hh_sweep(trace: Trace, counts: Sequence[int], settings: RunSettings,
+             known: Mapping[tuple[int, int], float] = {}) -> list[LengthCheck]:
+  """Splitwise-HH max rates on the (prompt, token) grid ``counts`` x ``counts``.
+  A cell in ``known`` ((prompt, token) -> a lattice max rate from a search with
+  the same probes) costs nothing; any other starts from what monotonicity in
+  machines gives (it serves at least the best of the cells one step fewer in
+  either pool, row-major before it) and probes upwards from there."""
+  probe = _cached(SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HH), settings.probe()),
+                  settings)
+  lattice = RateLattice.of(Bisection(tolerance=settings.tolerance))
+  lo: dict[tuple[int, int], int] = {}
+  out = []
+  for i, p in enumerate(counts):
+    for j, k in enumerate(counts):
+      layout = Layout(Pool(p, H100), Pool(k, H100))
+      r = LayoutRates(layout, probe, lattice)
+      if (p, k) in known:
+        r.lo = lattice.below(known[(p, k)]) if known[(p, k)] > 0 else lattice.low - 1
+        r.hi = r.lo + 1
+      below = [lo[c] for c in ((counts[i - 1], k) if i else None,
+                               (p, counts[j - 1]) if j else None) if c in lo]
+      if below and not r.resolved:
+        r.lo = max(below)
+      r.resolve(r.lo if r.lo >= lattice.low else None, start_rate_per_machine=1.0)
+      lo[(p, k)] = r.lo
+      out.append(LengthCheck(trace, PaperDesign.SPLITWISE_HH, layout, settings.min_duration_s,
+                             r.bracket().lower))
+  return out
+
+
+def fixed_split_hhcap(trace: Trace, rate: float, settings: RunSettings) -> FixedSplitCheck:
+  """HHcap's least power at ``rate`` with its split held at the paper's 25 : 21
+  (our search picks any split): the smallest of its scales 0.1, 0.2, ... 1.5
+  that meets the rate, by bisection (each scale's layout has no fewer machines
+  in either pool than the one before, so feasibility only grows with scale)."""
+  probe = _cached(SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HHCAP),
+                                  settings.probe()), settings)
+  prompt, token = HHCAP_PAPER_SPLIT
+  baseline = paper_budget(BudgetKind.ISO_POWER, settings.budget_scale).power_w
+  counts = list(dict.fromkeys(
+      (max(1, round(prompt * t / 10 * settings.budget_scale)),
+       max(1, round(token * t / 10 * settings.budget_scale))) for t in range(1, 16)))
+  lo, hi = -1, len(counts)             # counts[lo] misses the rate (or none), counts[hi] meets it
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    layout = Layout(Pool(counts[mid][0], H100), Pool(counts[mid][1], H100_CAP))
+    lo, hi = (lo, mid) if at_rate(layout, probe, rate).lower > 0 else (mid, hi)
+  if hi == len(counts):
+    return FixedSplitCheck(trace, rate, None, math.nan, baseline)
+  layout = Layout(Pool(counts[hi][0], H100), Pool(counts[hi][1], H100_CAP))
+  power = layout.price(prices((H100, H100_CAP))).power_w
+  return FixedSplitCheck(trace, rate, layout, power, baseline)
