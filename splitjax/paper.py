@@ -60,14 +60,15 @@ class PaperDesign(enum.Enum):
     return self != PaperDesign.SPLITWISE_ANY
 
   def space(self, step: int, max_machines: int = 60, refine_step: int = 0,
-            strategy: Strategy = Strategy.SWEEP) -> SearchSpace:
+            strategy: Strategy = Strategy.SWEEP, local_refine: bool = False) -> SearchSpace:
     """The provisioning space of this design (grid ``step`` machines)."""
     _, first, second = self.value
     if not self.split:
       return SearchSpace(colocated_kinds=first, step=step, max_machines=max_machines,
                          strategy=strategy)
     return SearchSpace(prompt_kinds=first, token_kinds=second, step=step,
-                       max_machines=max_machines, refine_step=refine_step, strategy=strategy)
+                       max_machines=max_machines, refine_step=refine_step, strategy=strategy,
+                       local_refine=local_refine)
 
 
 PAPER_DESIGNS = tuple(d for d in PaperDesign if d.in_paper)
@@ -132,7 +133,8 @@ class RunSettings:
   ``refine_step`` of the iso-throughput and Splitwise-any searches (0: grid
   only), ``strategy`` of the budget searches (CLIMB: each kind pair's best
   split climbed, assuming the max rate unimodal along the budget; SWEEP: every
-  split bisected), ``budget_scale`` x the paper's budgets (and of the 70 req/s of the
+  split bisected), ``local_refine`` (iso-throughput: the finer grid only within
+  one grid step of the coarse winner's prompt count), ``budget_scale`` x the paper's budgets (and of the 70 req/s of the
   cost-optimal claim), ``workers`` processes (0: one per CPU)."""
   requests: int = 1000
   min_duration_s: float = 120.0
@@ -142,6 +144,7 @@ class RunSettings:
   tolerance: float = 0.05
   refine_step: int = 1
   strategy: Strategy = Strategy.CLIMB
+  local_refine: bool = True       # iso-throughput: refine near the coarse winner only
   budget_scale: float = 1.0
   traces: tuple[Trace, ...] = (Trace.CODE, Trace.CONV)
   # Mixed-pool tunings Splitwise-any is searched with (the better one counts).

@@ -79,7 +79,8 @@ def run_search(spec: SearchSpec, settings: RunSettings,
   thr = spec.budget.kind == BudgetKind.ISO_THROUGHPUT
   refine = thr or spec.design == PaperDesign.SPLITWISE_ANY
   space = spec.design.space(settings.step, settings.max_machines,
-                            settings.refine_step if refine else 0, settings.strategy)
+                            settings.refine_step if refine else 0, settings.strategy,
+                            settings.local_refine)
   design = Design.SPLIT if spec.design.split else Design.COLOCATED
   result = search(design, space, spec.budget, probe,
                   bisection=Bisection(tolerance=settings.tolerance), workers=1,

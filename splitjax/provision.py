@@ -30,7 +30,8 @@ Probes are deterministic, so a re-run asks for the same probes and the cache
   dominated by an infeasible one (same kinds, no more machines in any pool) or
   dominating a feasible one, nor one costing as much as the cheapest feasible
   so far. Then, with ``refine_step``, the same search on the finer grid over
-  the whole range, bounded by the coarse winner.
+  the whole range, bounded by the coarse winner (``local_refine``: only prompt
+  counts within one grid step of each kind pair's coarse winner).
 
 Layouts (SWEEP, ISO_THROUGHPUT) or kind pairs (CLIMB) are evaluated in parallel
 processes (``workers``, ``provision_runner``), a progress line each. Results:
@@ -56,7 +57,7 @@ from splitjax.provision_layout import (Budget, BudgetKind, CachedProbe, Design, 
 from splitjax.provision_rates import LayoutRates, RateLattice
 from splitjax.provision_results import EvalMode, LayoutResult, RateBracket, SearchResult
 from splitjax.provision_runner import Runner
-from splitjax.provision_staircase import walk
+from splitjax.provision_staircase import cheapest_by_pair, walk
 from splitjax.serve_config import ClusterPolicy
 from splitjax.sim.sim_config import SimConfig
 
@@ -274,9 +275,10 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
                                       bisection)
       for row in at(list(dict.fromkeys(start))):
         known[row.layout] = row
-      for step in (space.step, space.refine_step):
-        if step:
-          walk(design, space, step, budget, price, at, known)
+      walk(design, space, space.step, budget, price, at, known)
+      if space.refine_step:
+        near = cheapest_by_pair(known, budget) if space.local_refine else None
+        walk(design, space, space.refine_step, budget, price, at, known, near, space.step)
       rows = list(known.values())
     elif space.strategy == Strategy.CLIMB:
       rows = _climb(design, space, budget, price, run, bisection, hints or {})

@@ -200,6 +200,9 @@ class SearchSpace:
   # of the best; ISO_THROUGHPUT, the whole finer grid, bounded by the grid's winner.
   refine_step: int = 0
   strategy: Strategy = Strategy.SWEEP    # budgets: sweep or climb each kind pair's line
+  # ISO_THROUGHPUT: the finer pass walks only prompt counts within one grid step
+  # of each kind pair's coarse winner (pairs without one: the whole grid).
+  local_refine: bool = False
 
   def __post_init__(self):
     if self.step < 1 or self.max_machines < 1 or self.refine_step < 0:

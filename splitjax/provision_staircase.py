@@ -19,11 +19,13 @@ class Staircase:
   down from there (1, 2, 4 ... grid steps) until infeasible, then bisecting. So
   no layout dominated by an infeasible one (or dominating a feasible one) is
   probed, and a layout costing ``bound`` or more is never probed (it is as good
-  as feasible: nothing dearer can win). Co-located: one column of counts."""
+  as feasible: nothing dearer can win). ``columns``: the prompt counts to walk
+  (default: ``counts``). Co-located: one column of counts."""
 
-  def __init__(self, prompt_kind: str, token_kind: str | None, counts: Sequence[int]):
+  def __init__(self, prompt_kind: str, token_kind: str | None, counts: Sequence[int],
+               columns: Sequence[int] | None = None):
     self.kinds, self.counts = (prompt_kind, token_kind), list(counts)
-    self.columns = self.counts if token_kind else [0]
+    self.columns = (list(columns) if columns is not None else self.counts) if token_kind else [0]
     self.i, self.j, self.top, self.low, self.gap = 0, 0, len(self.counts), -1, 1
     self.pending: Layout | None = None     # returned by next(), awaiting update()
 
@@ -60,17 +62,22 @@ class Staircase:
 
 def walk(design: Design, space: SearchSpace, step: int, budget: Budget,
          price: Mapping[str, Price], at_rate: Callable[[Sequence[Layout]], list[LayoutResult]],
-         known: dict[Layout, LayoutResult]) -> None:
+         known: dict[Layout, LayoutResult], near: Mapping[tuple, int] | None = None,
+         within: int = 0) -> None:
   """One :class:`Staircase` per kind (pair) on the grid of ``step``, advanced in
   rounds: each round probes every walk's next layout at once (``at_rate``: one
   probe each at ``budget.rate``, in parallel), so
   what is probed does not depend on timing or workers. ``known`` (layout ->
   result) is extended; what it holds or implies (:func:`implied`) is not
-  probed again, and its cheapest feasible layout bounds the walks."""
+  probed again, and its cheapest feasible layout bounds the walks. ``near``
+  ((prompt kind, token kind) -> prompt count): those pairs walk only the prompt
+  counts less than ``within`` away from it."""
   counts = range(step, space.max_machines + 1, step)
   pairs = (itertools.product(space.prompt_kinds, space.token_kinds) if design == Design.SPLIT
            else ((k, None) for k in space.colocated_kinds))
-  walks = [Staircase(pk, tk, counts) for pk, tk in pairs]
+  near = near or {}
+  walks = [Staircase(pk, tk, counts, [c for c in counts if abs(c - near[(pk, tk)]) < within]
+                     if (pk, tk) in near else None) for pk, tk in pairs]
   while True:
     asks = []
     for w in walks:
@@ -103,3 +110,16 @@ def implied(known: Mapping[Layout, LayoutResult], layout: Layout) -> bool | None
 def bound(known: Mapping[Layout, LayoutResult], budget: Budget) -> float:
   """The cheapest feasible layout's cost or power (inf: none yet)."""
   return min((budget.measure(r.price) for r in known.values() if r.feasible), default=math.inf)
+
+
+def cheapest_by_pair(known: Mapping[Layout, LayoutResult],
+                     budget: Budget) -> dict[tuple[str, str], int]:
+  """Split layouts: each kind pair's cheapest feasible layout's prompt count."""
+  best: dict[tuple[str, str], LayoutResult] = {}
+  for r in known.values():
+    lay = r.layout
+    if r.feasible and lay.prompt is not None:
+      key = (lay.prompt.kind, lay.token.kind)
+      if key not in best or budget.measure(r.price) < budget.measure(best[key].price):
+        best[key] = r
+  return {k: r.layout.prompt.machines for k, r in best.items()}

@@ -220,7 +220,9 @@ def test_iso_power_search_finds_the_brute_force_optimum(space, strategy):
     (SearchSpace(prompt_kinds=(H, A), token_kinds=(A, CAP), step=4, max_machines=48,
                  refine_step=1), Objective.POWER),
 ], ids=["step1", "step5-refine", "mixed-kinds-power"])
-def test_iso_throughput_search_finds_the_brute_force_cheapest(rate, space, minimize):
+@pytest.mark.parametrize("local", [False, True])
+def test_iso_throughput_search_finds_the_brute_force_cheapest(rate, space, minimize, local):
+  space = dataclasses.replace(space, local_refine=local)
   budget = Budget(BudgetKind.ISO_THROUGHPUT, rate=rate, minimize=minimize)
   price = _prices(H, A, CAP)
   feasible = [lay for lay in _all_split(space.prompt_kinds, space.token_kinds, 48)
