@@ -8,7 +8,6 @@ so the checks overlap the last searches instead of waiting for all of them.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
@@ -62,7 +61,8 @@ class Plan:
     return all(s in outcomes for s in planned
                if s.design != P.PaperDesign.SPLITWISE_ANY and s.variant == P.Variant.OURS)
 
-  def more(self, outcomes: Outcomes, planned: Sequence[P.SearchSpec]) -> list[P.SearchSpec]:
+  def more(self, outcomes: Outcomes,
+           planned: Sequence[P.SearchSpec]) -> list[P.SearchSpec | R.Job]:
     s = self.settings
     out = list(C.hhcap_specs(outcomes, s))
     if self.off is None and self._claims_ready(outcomes, list(planned) + out):
@@ -74,8 +74,7 @@ class Plan:
       out += [x for v in self.variants for k in self.off for x in C.claim_specs(k, s, v)]
       if C.ClaimKey.HHCAP_LOWER_POWER in self.off:
         out += [x for v in self.variants for x in C.hhcap_specs(outcomes, s, v)]
-    self.checks.submit_ready(outcomes, planned, self.off)
-    return out
+    return out + self.checks.ready(outcomes, planned, self.off)
 
 
 def hh_rows(outcomes: Outcomes, trace: P.Trace) -> dict[tuple[int, int], float]:
@@ -89,16 +88,16 @@ def hh_rows(outcomes: Outcomes, trace: P.Trace) -> dict[tuple[int, int], float]:
 
 
 class Checks:
-  """The tasks beyond the searches, each group submitted to ``workers`` once
-  the searches it reads are done (:meth:`submit_ready`), the rest by
-  :meth:`results`."""
+  """The tasks beyond the searches, each group handed to ``run_graph`` as jobs
+  once the searches it reads are done (:meth:`ready`); :meth:`finish` returns
+  their results."""
 
   GROUPS = ("length", "sweep", "fixed", "latency")
 
   def __init__(self, settings: P.RunSettings, extras: Extras, workers: R.Workers):
     self.settings, self.extras, self.workers = settings, extras, workers
     self.trace = P.Trace.CONV if P.Trace.CONV in settings.traces else settings.traces[0]
-    self.futures: dict[str, list[cf.Future]] = {}
+    self.results: dict[str, list] = {}
 
   def _wins(self, outcomes: Outcomes, designs) -> list | None:
     """(design, winner) of each design's iso-power search on ``trace``, None
@@ -147,18 +146,30 @@ class Checks:
     rate = min((b.max_rate for _, b in wins), default=0.0)
     return [(simulate_latencies, self.trace, x, b.layout, rate, s) for x, b in wins]
 
-  def submit_ready(self, outcomes: Outcomes, planned, off) -> None:
-    for g in self.GROUPS:
-      if g not in self.futures and (tasks := self._tasks(g, outcomes, planned, off)) is not None:
-        self.futures[g] = [self.workers.submit(*t) for t in tasks]
+  PRIORITY = {"sweep": 4.5, "length": 1.5, "fixed": 1.5, "latency": 1.5}
 
-  def results(self, outcomes: Outcomes, off) -> dict[str, list]:
-    """Every group's results (submitting what is left, with what is known)."""
+  def ready(self, outcomes: Outcomes, planned, off) -> list[R.Job]:
+    """Jobs of the groups whose inputs just became known (each group once)."""
+    jobs = []
     for g in self.GROUPS:
-      if g not in self.futures:
+      if g not in self.results and (tasks := self._tasks(g, outcomes, planned, off)) is not None:
+        self.results[g] = [None] * len(tasks)
+        jobs += [R.Job(self.PRIORITY[g], t[0], t[1:], self._store(g, i))
+                 for i, t in enumerate(tasks)]
+    return jobs
+
+  def _store(self, group: str, i: int) -> Callable[[object], None]:
+    def done(result):
+      self.results[group][i] = result
+    return done
+
+  def finish(self, outcomes: Outcomes, off) -> dict[str, list]:
+    """Every group's results, running (inline) what never became ready."""
+    for g in self.GROUPS:
+      if g not in self.results:
         tasks = self._tasks(g, outcomes, list(outcomes), off or []) or []
-        self.futures[g] = [self.workers.submit(*t) for t in tasks]
-    return {g: [f.result() for f in fs] for g, fs in self.futures.items()}
+        self.results[g] = [self.workers.submit(*t).result() for t in tasks]
+    return self.results
 
 
 def run(settings: P.RunSettings, extras: Extras, workers: R.Workers,
@@ -174,5 +185,5 @@ def run(settings: P.RunSettings, extras: Extras, workers: R.Workers,
   reruns = {}
   if plan.off and extras.reruns:
     reruns = {v: C.compute_claims(outcomes, settings, v) for v in plan.variants}
-  got = checks.results(outcomes, plan.off)
+  got = checks.finish(outcomes, plan.off)
   return outcomes, claims, reruns, plan.off or [], got, searched

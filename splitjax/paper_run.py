@@ -251,35 +251,76 @@ def start_for(spec: SearchSpec, outcomes: Mapping[SearchSpec, SearchOutcome],
 # ---------------------------------------------------------------- the run
 
 
+def priority(spec: SearchSpec) -> int:
+  """Which ready search starts first: those others wait for (Splitwise-HH at
+  iso-power), then the longest (Splitwise-any, lazy first), so the run does
+  not end on one long search while the other worker idles; reruns last."""
+  if spec.variant != Variant.OURS:
+    return 0
+  if spec.design == PaperDesign.SPLITWISE_ANY:
+    return 5 if spec.tuning != Tuning.DEFAULT else 4
+  if spec.design == PaperDesign.SPLITWISE_HH and spec.budget.kind == BudgetKind.ISO_POWER:
+    return 6
+  return 3 if spec.budget.kind == BudgetKind.ISO_THROUGHPUT else 2 if spec.design.split else 1
+
+
+@dataclasses.dataclass
+class Job:
+  """A task besides the searches (a check): ``fn(*args)`` in a worker, then
+  ``done(result)`` in this process; started by ``priority`` like searches."""
+  priority: float
+  fn: Callable
+  args: tuple
+  done: Callable[[object], None]
+
+
 def run_graph(specs: Iterable[SearchSpec], settings: RunSettings, workers: Workers,
               progress: Callable[[str], None] | None = None,
               more: Callable[[Mapping[SearchSpec, SearchOutcome], Sequence[SearchSpec]],
-                             Iterable[SearchSpec]] | None = None
+                             Iterable[SearchSpec | Job]] | None = None
               ) -> dict[SearchSpec, SearchOutcome]:
-  """Every search, each once the planned searches it depends on are done;
-  ``more(outcomes, planned)`` (called after each) may plan more."""
+  """Every search, each once the planned searches it depends on are done, and
+  every :class:`Job`, at most one per worker at a time, the highest
+  :func:`priority` first; ``more(outcomes, planned)`` (called after each
+  finishes) may plan more searches and jobs."""
   planned = list(dict.fromkeys(specs))
+  jobs: list[Job] = []
   out: dict[SearchSpec, SearchOutcome] = {}
-  running: dict[cf.Future, SearchSpec] = {}
+  running: dict[cf.Future, SearchSpec | Job] = {}
   started: set[SearchSpec] = set()
   while True:
-    for s in planned:
-      if s not in started and all(d in out for d in depends_on(s, settings, planned)
-                                  if d in planned):
-        started.add(s)
-        running[workers.submit(run_search, s, settings, hints_for(s, out, settings),
-                               start_for(s, out, settings))] = s
+    ready: list[SearchSpec | Job] = jobs + [
+        s for s in planned if s not in started and
+        all(d in out for d in depends_on(s, settings, planned) if d in planned)]
+    while ready and len(running) < max(1, workers.workers):
+      x = max(ready, key=lambda x: x.priority if isinstance(x, Job) else priority(x))
+      ready.remove(x)
+      if isinstance(x, Job):
+        jobs.remove(x)
+        running[workers.submit(x.fn, *x.args)] = x
+      else:
+        started.add(x)
+        running[workers.submit(run_search, x, settings, hints_for(x, out, settings),
+                               start_for(x, out, settings))] = x
     if not running:
       return out
     done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
     for f in done:
-      o = out[running.pop(f)] = f.result()
+      x = running.pop(f)
+      if isinstance(x, Job):
+        x.done(f.result())
+        continue
+      o = out[x] = f.result()
       if progress:
         win = f"{o.best.layout.label}: {o.best.max_rate:.1f} req/s" if o.best else "no layout"
         progress(f"[{len(out)}/{len(planned)}] {o.spec.describe()} -> {win} "
                  f"({o.probes} probes, {o.seconds:.1f} s, {o.cpu_s:.1f} s CPU)")
     if more:
-      planned += [s for s in dict.fromkeys(more(out, planned)) if s not in planned]
+      for x in more(out, planned):
+        if isinstance(x, Job):
+          jobs.append(x)
+        elif x not in planned:
+          planned.append(x)
 
 
 # ---------------------------------------------------------------- checks beyond the searches
