@@ -23,7 +23,7 @@ from typing import Mapping
 
 from splitjax.provision import (Budget, BudgetKind, Layout, Objective, SearchSpace, Strategy,
                                 machine_price)
-from splitjax.provision_layout import ProbeSettings
+from splitjax.provision_probe import ProbeSettings
 from splitjax.sim.hardware import get_hardware
 
 H100, A100, H100_CAP = "dgx-h100", "dgx-a100", "dgx-h100-pcap"
@@ -128,7 +128,7 @@ class SearchSpec:
 class RunSettings:
   """How hard to search. Probes: Poisson arrivals for ``min_duration_s`` seconds
   (at least ``requests`` requests), judged on the arrivals from ``measure_from``
-  to ``measure_to`` of that span (steady state: see ``provision_layout.ProbeSettings``).
+  to ``measure_to`` of that span (steady state: see ``provision_probe.ProbeSettings``).
   Grid ``step`` (machines), ``tolerance`` of the max-rate bisection (relative),
   ``refine_step`` of the iso-throughput and Splitwise-any searches (0: grid
   only), ``strategy`` of the budget searches (CLIMB: each kind pair's best

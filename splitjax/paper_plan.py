@@ -12,6 +12,7 @@ import dataclasses
 from typing import Callable, Mapping, Sequence
 
 from splitjax import paper as P
+from splitjax import paper_checks as K
 from splitjax import paper_claims as C
 from splitjax import paper_run as R
 from splitjax.provision import BudgetKind
@@ -119,7 +120,7 @@ class Checks:
                                    d.SPLITWISE_HH))
       if wins is None:
         return None
-      return [(R.length_check, self.trace, x, b.layout, n, s, b.max_rate)
+      return [(K.length_check, self.trace, x, b.layout, n, s, b.max_rate)
               for n in (s.min_duration_s, longer) for x, b in wins]
     if group == "sweep":
       hh = [x for x in planned if x.design == d.SPLITWISE_HH and x.variant == P.Variant.OURS
@@ -130,13 +131,13 @@ class Checks:
         return None
       step = 2 * s.step
       top = max(step, round(P.PAPER_H100_MACHINES * s.budget_scale))
-      return [(R.hh_sweep, t, tuple(range(step, top + 1, step)), s,
+      return [(K.hh_sweep, t, tuple(range(step, top + 1, step)), s,
                hh_rows(outcomes, t) if s.strategy == P.Strategy.CLIMB else {})
               for t in s.traces]
     if group == "fixed":
       if off is None:
         return None
-      return ([(R.fixed_split_hhcap, x.trace, x.budget.rate, s)
+      return ([(K.fixed_split_hhcap, x.trace, x.budget.rate, s)
                for x in C.hhcap_specs(outcomes, s)]
               if C.ClaimKey.HHCAP_LOWER_POWER in off else [])
     wins = self._wins(outcomes, P.PAPER_DESIGNS)

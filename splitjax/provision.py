@@ -49,11 +49,12 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from splitjax.provision_climb import ClimbSettings, Hint, best_on_line, climb_line, refine_line
-from splitjax.provision_layout import (Budget, BudgetKind, CachedProbe, Design, Layout,
-                                       Objective, Pool, Price, Probe, ProbeOutcome,
-                                       ProbeSettings, ProvisionError, SearchSpace, SimProbe,
-                                       Strategy, budget_layouts, budget_line, fill_up,
-                                       machine_price, prices, probe_config)
+from splitjax.provision_layout import (Budget, BudgetKind, Design, Layout, Objective, Pool,
+                                       Price, ProvisionError, SearchSpace, Strategy,
+                                       budget_layouts, budget_line, fill_up, machine_price,
+                                       prices)
+from splitjax.provision_probe import (CachedProbe, Probe, ProbeOutcome, ProbeSettings, SimProbe,
+                                      probe_config)
 from splitjax.provision_rates import LayoutRates, RateLattice
 from splitjax.provision_results import EvalMode, LayoutResult, RateBracket, SearchResult
 from splitjax.provision_runner import Runner

@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-from splitjax.provision_layout import Layout, Probe
+from splitjax.provision_layout import Layout
+from splitjax.provision_probe import Probe
 from splitjax.provision_rates import LayoutRates, RateLattice
 
 

@@ -25,7 +25,8 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-from splitjax.provision_layout import Layout, Probe, ProbeOutcome
+from splitjax.provision_layout import Layout
+from splitjax.provision_probe import Probe, ProbeOutcome
 
 if TYPE_CHECKING:
   from splitjax.provision import Bisection, RateBracket

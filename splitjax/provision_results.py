@@ -9,7 +9,8 @@ import enum
 import math
 
 from splitjax.config import to_plain_dict
-from splitjax.provision_layout import Budget, Design, Layout, Price, ProbeOutcome
+from splitjax.provision_layout import Budget, Design, Layout, Price
+from splitjax.provision_probe import ProbeOutcome
 
 
 class EvalMode(enum.Enum):

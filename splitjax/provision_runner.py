@@ -10,7 +10,7 @@ import multiprocessing
 from pathlib import Path
 from typing import Callable
 
-from splitjax.provision_layout import CachedProbe, CacheMiss, Probe
+from splitjax.provision_probe import CachedProbe, CacheMiss, Probe
 
 
 class InlineExecutor:

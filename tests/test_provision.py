@@ -17,7 +17,7 @@ from splitjax import provision as pv
 from splitjax.config import from_config_dict
 from splitjax.provision import (Bisection, Budget, BudgetKind, Design, Layout, Objective, Pool,
                                 ProbeOutcome, ProvisionError, SearchSpace)
-from splitjax.provision_layout import cache_key
+from splitjax.provision_probe import cache_key
 from splitjax.sim.hardware import get_hardware
 from splitjax.sim.perf_model import default_profile_path
 from splitjax.sim.sim_config import PoolConfig, SimConfig, design_config_dict

@@ -7,7 +7,8 @@ import pytest
 
 from splitjax.provision import Bisection
 from splitjax.provision_climb import ClimbSettings, Hint, best_on_line, climb_line
-from splitjax.provision_layout import Layout, Pool, ProbeOutcome
+from splitjax.provision_layout import Layout, Pool
+from splitjax.provision_probe import ProbeOutcome
 from splitjax.provision_rates import LayoutRates, RateLattice
 
 H = "dgx-h100"
