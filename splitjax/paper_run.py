@@ -7,9 +7,13 @@ starts from that one's answer (:func:`hints_for`, :func:`depends_on`):
 
 - a paper design at iso-cost starts each kind pair's climb from its iso-power
   winner, scaled by how many times that winner fits the iso-cost budget;
+- the other paper split designs at iso-power start from Splitwise-HH's share
+  of the budget on prompt machines (HHcap also from its rate);
 - Splitwise-any (default mixed pool) climbs each kind pair exactly as the
   paper design of that pair does (same hints), so those probes are cache hits:
-  it waits for them; its other pairs at iso-cost start from its iso-power ones;
+  it waits for them; its other pairs start from the paper pair with the same
+  token kind (same share of the budget on prompt machines, same rate) at
+  iso-power, from its own iso-power answer at iso-cost;
 - Splitwise-any with lazy borrowing starts each pair from the default's;
 - a rerun under another modelling ``Variant`` starts from our model's answer.
 
@@ -28,8 +32,8 @@ import itertools
 import time
 from typing import Callable, Iterable, Mapping, Sequence
 
-from splitjax.paper import (PAPER_DESIGNS, LayoutPoint, PaperDesign, RunSettings, SearchOutcome,
-                            SearchSpec, Tuning, Variant, base_sim, paper_budget)
+from splitjax.paper import (H100, PAPER_DESIGNS, LayoutPoint, PaperDesign, RunSettings,
+                            SearchOutcome, SearchSpec, Tuning, Variant, base_sim, paper_budget)
 from splitjax.provision import (Bisection, BudgetKind, Design, EvalMode, Hint, Layout, Pool,
                                 SimProbe, prices, search)
 
@@ -122,6 +126,15 @@ def _scaled(outcome: SearchOutcome, spec: SearchSpec) -> dict[PairKey, Hint]:
   return out
 
 
+def _same_share(best: LayoutPoint, spec: SearchSpec, prompt_kind: str) -> Hint:
+  """A hint for a pair of ``prompt_kind`` from ``best`` (another pair with the
+  same token kind): the same share of ``spec``'s budget on prompt machines,
+  and its rate (the token pool, which mostly sets the rate, is alike)."""
+  measure = lambda kind, n: spec.budget.measure(prices([kind])[kind].times(n))
+  share = measure(best.layout.prompt.kind, best.layout.prompt.machines) / spec.budget.limit
+  return Hint(max(1, round(share * spec.budget.limit / measure(prompt_kind, 1))), best.max_rate)
+
+
 def _same(spec: SearchSpec, **changes) -> SearchSpec:
   return dataclasses.replace(spec, **changes)
 
@@ -147,11 +160,8 @@ def _from_hh(spec: SearchSpec, hh: SearchOutcome) -> dict[PairKey, Hint]:
   win = pair_bests(hh).get(_pair(PaperDesign.SPLITWISE_HH))
   if win is None:
     return {}
-  measure = lambda kind, n: spec.budget.measure(prices([kind])[kind].times(n))
-  share = measure(win.layout.prompt.kind, win.layout.prompt.machines) / spec.budget.limit
-  prompt = max(1, round(share * spec.budget.limit / measure(key[0], 1)))
-  return {key: Hint(prompt, win.max_rate if spec.design == PaperDesign.SPLITWISE_HHCAP
-                    else 0.0)}
+  hint = _same_share(win, spec, key[0])
+  return {key: hint if spec.design == PaperDesign.SPLITWISE_HHCAP else Hint(hint.prompt_machines)}
 
 
 def _hh_first(spec: SearchSpec) -> bool:
@@ -204,7 +214,7 @@ def hints_for(spec: SearchSpec, outcomes: Mapping[SearchSpec, SearchOutcome],
   out = {}
   if cost and (power := get(_at(spec, BudgetKind.ISO_POWER, settings))):
     out = _scaled(power, spec)
-  prompt_kind = {}            # a pair no paper design has: from the one of its prompt kind
+  by_token = {}               # a pair no paper design has: from the one of its token kind
   for key, d in PAIR_DESIGNS.items():          # exactly the paper design's climb
     if not d.split:
       continue
@@ -212,11 +222,11 @@ def hints_for(spec: SearchSpec, outcomes: Mapping[SearchSpec, SearchOutcome],
     mine = hints_for(_same(spec, design=d), outcomes, settings)
     out.update({k: h for k, h in mine.items() if k == key})
     if not cost and (o := get(_same(spec, design=d))) and (b := pair_bests(o).get(key)):
-      if key[0] == key[1] or key[0] not in prompt_kind:
-        prompt_kind[key[0]] = Hint(b.layout.prompt.machines, b.max_rate)
+      if key[1] not in by_token or key[0] == H100:
+        by_token[key[1]] = b
   for pk, tk in itertools.product(*spec.design.value[1:]):
-    if (pk, tk) not in PAIR_DESIGNS and (pk, tk) not in out and pk in prompt_kind:
-      out[(pk, tk)] = prompt_kind[pk]
+    if (pk, tk) not in PAIR_DESIGNS and (pk, tk) not in out and tk in by_token:
+      out[(pk, tk)] = _same_share(by_token[tk], spec, pk)
   return out
 
 

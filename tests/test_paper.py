@@ -201,7 +201,7 @@ def test_searches_start_from_the_answers_they_depend_on():
   hints = R.hints_for(any_, outcomes, S)
   assert hints[(A, A)] == R.hints_for(aa, outcomes, S)[(A, A)]
   assert (H, H) not in hints                       # HH at iso-power starts cold
-  assert hints[(A, CAP)] == R.Hint(40, 110.0)      # a non-paper pair: from AA (same prompts)
+  assert hints[(A, CAP)] == R.Hint(44, 145.0)      # a non-paper pair: from HHcap (its tokens)
   lazy = dataclasses.replace(any_, tuning=P.Tuning.LAZY_BORROW)
   assert R.depends_on(lazy, S) == [any_]
   assert R.priority(lazy) > R.priority(any_) > R.priority(aa)
