@@ -31,7 +31,8 @@ Probes are deterministic, so a re-run asks for the same probes and the cache
   dominating a feasible one, nor one costing as much as the cheapest feasible
   so far. Then, with ``refine_step``, the same search on the finer grid over
   the whole range, bounded by the coarse winner (``local_refine``: only prompt
-  counts within one grid step of each kind pair's coarse winner).
+  counts within one grid step of each kind pair's coarse winner, or of a
+  feasible ``start`` guess, the coarse grid then skipped).
 
 Layouts (SWEEP, ISO_THROUGHPUT) or kind pairs (CLIMB) are evaluated in parallel
 processes (``workers``, ``provision_runner``), a progress line each. Results:
@@ -263,7 +264,9 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
   :class:`Hint`): where CLIMB starts per kind pair (ignored otherwise);
   ``start`` (ISO_THROUGHPUT): layouts probed first, e.g. a guess of the answer:
   a feasible one bounds the walk at once, an infeasible one rules out every
-  layout it dominates (the answer is the same, with fewer probes).
+  layout it dominates (the answer is the same, with fewer probes); with
+  ``space.local_refine`` and a feasible guess for every kind pair, the coarse
+  grid is skipped and the finer one walked near the cheapest feasible guess.
   Raises ProvisionError (budget too small, unknown machine kind, empty space)
   before any probe runs.
   """
@@ -276,9 +279,13 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
                                       bisection)
       for row in at(list(dict.fromkeys(start))):
         known[row.layout] = row
-      walk(design, space, space.step, budget, price, at, known)
-      if space.refine_step:
+      pairs = (set(itertools.product(space.prompt_kinds, space.token_kinds))
+               if design == Design.SPLIT else {None})
+      near = cheapest_by_pair(known, budget) if space.local_refine else {}
+      if not (space.refine_step and pairs <= set(near)):     # no feasible guess for some pair
+        walk(design, space, space.step, budget, price, at, known)
         near = cheapest_by_pair(known, budget) if space.local_refine else None
+      if space.refine_step:
         walk(design, space, space.refine_step, budget, price, at, known, near, space.step)
       rows = list(known.values())
     elif space.strategy == Strategy.CLIMB:

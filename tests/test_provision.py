@@ -403,3 +403,17 @@ def test_provisioning_imports_no_jax():
   code = ("import sys, splitjax.provision, splitjax.sim.build, splitjax.sim.slo; "
           "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')]")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+@pytest.mark.parametrize("rate", [20.0, 70.0, 133.0])
+def test_iso_throughput_from_a_guess_finds_the_same_cheapest_with_fewer_probes(rate):
+  space = SearchSpace(step=5, max_machines=50, refine_step=1, local_refine=True)
+  budget = Budget(BudgetKind.ISO_THROUGHPUT, rate=rate)
+  plain = pv.search(Design.SPLIT, space, budget, FakeProbe(), workers=1)
+  best = plain.best.layout
+  guess = [Layout(Pool(best.prompt.machines + 2, H), Pool(best.token.machines + 1, H)),
+           Layout(Pool(max(1, best.prompt.machines - 1), H), Pool(best.token.machines, H))]
+  probe = FakeProbe()
+  found = pv.search(Design.SPLIT, space, budget, probe, workers=1, start=guess)
+  assert found.best.layout == best and len(probe.calls) < plain.probes
+  assert guess[0] in {r.layout for r in found.rows}
