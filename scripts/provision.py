@@ -43,6 +43,8 @@ def table(result) -> str:
   for r in result.rows:
     if r.mode == EvalMode.MAX_RATE:
       rate = f"{r.max_rate:.1f}"
+    elif r.mode == EvalMode.BOUNDS:      # compared with a better layout only
+      rate = f"<{r.rates.upper:.1f}"
     else:
       rate = f"{'>=' if r.feasible else '<'}{r.rates.probes[0].rate:g}"
     exact = r.feasible and r.mode == EvalMode.MAX_RATE

@@ -7,24 +7,23 @@ prompt / token machine kind pair, the search beyond the paper) are searched with
 iso-cost 40 DGX-H100 = 1520 $/h ~ 86 DGX-A100). Each search is one
 :class:`SearchSpec` (trace, design, budget, modeling :class:`Variant`, scheduler
 :class:`Tuning`); its
-outcome is a :class:`SearchOutcome`; :func:`run_specs` runs searches in parallel
-processes (each search inline, its probes cached under ``cache_dir``). The claims
-are ``splitjax.paper_claims``; the figures and the markdown report
+outcome is a :class:`SearchOutcome`; ``splitjax.paper_run`` runs searches in parallel
+processes (each search inline, its probes cached under ``cache_dir``), each as
+soon as the searches it takes hints from are done. The claims are
+``splitjax.paper_claims``; the figures and the markdown report
 ``splitjax.paper_plots``; ``scripts/reproduce_paper.py`` drives them.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import enum
 import math
-import time
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
-from splitjax.provision import (Bisection, Budget, BudgetKind, Design, Layout, Objective,
-                                SearchSpace, SimProbe, machine_price, search)
-from splitjax.provision_layout import Pool, ProbeSettings, prices
+from splitjax.provision import (Budget, BudgetKind, Layout, Objective, SearchSpace, Strategy,
+                                machine_price)
+from splitjax.provision_probe import ProbeSettings
 from splitjax.sim.hardware import get_hardware
 
 H100, A100, H100_CAP = "dgx-h100", "dgx-a100", "dgx-h100-pcap"
@@ -60,13 +59,16 @@ class PaperDesign(enum.Enum):
   def in_paper(self) -> bool:
     return self != PaperDesign.SPLITWISE_ANY
 
-  def space(self, step: int, max_machines: int = 60, refine_step: int = 0) -> SearchSpace:
+  def space(self, step: int, max_machines: int = 60, refine_step: int = 0,
+            strategy: Strategy = Strategy.SWEEP, local_refine: bool = False) -> SearchSpace:
     """The provisioning space of this design (grid ``step`` machines)."""
     _, first, second = self.value
     if not self.split:
-      return SearchSpace(colocated_kinds=first, step=step, max_machines=max_machines)
+      return SearchSpace(colocated_kinds=first, step=step, max_machines=max_machines,
+                         strategy=strategy)
     return SearchSpace(prompt_kinds=first, token_kinds=second, step=step,
-                       max_machines=max_machines, refine_step=refine_step)
+                       max_machines=max_machines, refine_step=refine_step, strategy=strategy,
+                       local_refine=local_refine)
 
 
 PAPER_DESIGNS = tuple(d for d in PaperDesign if d.in_paper)
@@ -126,10 +128,13 @@ class SearchSpec:
 class RunSettings:
   """How hard to search. Probes: Poisson arrivals for ``min_duration_s`` seconds
   (at least ``requests`` requests), judged on the arrivals from ``measure_from``
-  to ``measure_to`` of that span (steady state: see ``provision_layout.ProbeSettings``).
+  to ``measure_to`` of that span (steady state: see ``provision_probe.ProbeSettings``).
   Grid ``step`` (machines), ``tolerance`` of the max-rate bisection (relative),
   ``refine_step`` of the iso-throughput and Splitwise-any searches (0: grid
-  only), ``budget_scale`` x the paper's budgets (and of the 70 req/s of the
+  only), ``strategy`` of the budget searches (CLIMB: each kind pair's best
+  split climbed, assuming the max rate unimodal along the budget; SWEEP: every
+  split bisected), ``local_refine`` (iso-throughput: the finer grid only within
+  one grid step of the coarse winner's prompt count), ``budget_scale`` x the paper's budgets (and of the 70 req/s of the
   cost-optimal claim), ``workers`` processes (0: one per CPU)."""
   requests: int = 1000
   min_duration_s: float = 120.0
@@ -138,6 +143,8 @@ class RunSettings:
   step: int = 5
   tolerance: float = 0.05
   refine_step: int = 1
+  strategy: Strategy = Strategy.CLIMB
+  local_refine: bool = True       # iso-throughput: refine near the coarse winner only
   budget_scale: float = 1.0
   traces: tuple[Trace, ...] = (Trace.CODE, Trace.CONV)
   # Mixed-pool tunings Splitwise-any is searched with (the better one counts).
@@ -215,7 +222,8 @@ class SearchOutcome:
   best: LayoutPoint | None
   rows: tuple[LayoutPoint, ...] = ()
   probes: int = 0
-  seconds: float = 0.0
+  seconds: float = 0.0     # wall
+  cpu_s: float = 0.0       # CPU time of the process that ran it
 
   def to_dict(self) -> dict:
     s = self.spec
@@ -223,53 +231,7 @@ class SearchOutcome:
             "tuning": s.tuning.value,
             "budget": s.budget.describe(), "best": self.best.to_dict() if self.best else None,
             "rows": [r.to_dict() for r in self.rows], "probes": self.probes,
-            "seconds": self.seconds}
-
-
-def run_search(spec: SearchSpec, settings: RunSettings) -> SearchOutcome:
-  """One provisioning search, inline (runs in a worker process)."""
-  from splitjax.provision import EvalMode
-  t0 = time.perf_counter()
-  probe = SimProbe.create(base_sim(spec.trace, spec.design, spec.variant, spec.tuning),
-                          settings.probe())
-  thr = spec.budget.kind == BudgetKind.ISO_THROUGHPUT
-  refine = thr or spec.design == PaperDesign.SPLITWISE_ANY
-  space = spec.design.space(settings.step, settings.max_machines,
-                            settings.refine_step if refine else 0)
-  design = Design.SPLIT if spec.design.split else Design.COLOCATED
-  result = search(design, space, spec.budget, probe,
-                  bisection=Bisection(tolerance=settings.tolerance), workers=1,
-                  cache_dir=settings.cache_dir or None)
-  point = lambda r: LayoutPoint(r.layout, r.max_rate, r.price.cost_per_hour_usd,
-                                r.price.power_w, r.mode == EvalMode.MAX_RATE)
-  return SearchOutcome(spec, point(result.best) if result.best else None,
-                       tuple(point(r) for r in result.rows), result.probes,
-                       time.perf_counter() - t0)
-
-
-def run_specs(specs: Iterable[SearchSpec], settings: RunSettings,
-              progress: Callable[[str], None] | None = None) -> dict[SearchSpec, SearchOutcome]:
-  """Every search, ``settings.workers`` at a time in spawned processes (1: inline)."""
-  import os
-  specs = list(dict.fromkeys(specs))
-  workers = settings.workers or os.cpu_count() or 1
-  out: dict[SearchSpec, SearchOutcome] = {}
-
-  def done(o: SearchOutcome) -> None:
-    out[o.spec] = o
-    if progress:
-      win = f"{o.best.layout.label}: {o.best.max_rate:.1f} req/s" if o.best else "no layout"
-      progress(f"[{len(out)}/{len(specs)}] {o.spec.describe()} -> {win} "
-               f"({o.probes} probes, {o.seconds:.1f} s)")
-  if workers <= 1 or len(specs) <= 1:
-    for s in specs:
-      done(run_search(s, settings))
-    return out
-  import multiprocessing as mp
-  with cf.ProcessPoolExecutor(min(workers, len(specs)), mp.get_context("spawn")) as pool:
-    for f in cf.as_completed([pool.submit(run_search, s, settings) for s in specs]):
-      done(f.result())
-  return out
+            "seconds": self.seconds, "cpu_s": self.cpu_s}
 
 
 CODE_COST_OPTIMAL_RATE = 70.0  # req/s (x RunSettings.budget_scale)
@@ -307,20 +269,6 @@ class LengthCheck:
   max_rate: float
 
 
-def length_check(trace: Trace, design: PaperDesign, layout: Layout, duration_s: float,
-                 settings: RunSettings) -> LengthCheck:
-  """``layout``'s max rate with ``duration_s``-second probes (cached like the searches)."""
-  from pathlib import Path
-
-  from splitjax.provision import max_rate
-  from splitjax.provision_layout import CachedProbe
-  probe = SimProbe.create(base_sim(trace, design), settings.probe(duration_s))
-  if settings.cache_dir:
-    probe = CachedProbe(probe, Path(settings.cache_dir))
-  bracket = max_rate(layout, probe, Bisection(tolerance=settings.tolerance))
-  return LengthCheck(trace, design, layout, duration_s, bracket.lower)
-
-
 HHCAP_PAPER_SPLIT = (25, 21)   # configs/sim/splitwise_hhcap.py: H100 prompt : capped H100 token
 
 
@@ -339,30 +287,3 @@ class FixedSplitCheck:
   @property
   def ratio(self) -> float:
     return self.power_w / self.baseline_power_w
-
-
-def fixed_split_hhcap(trace: Trace, rate: float, settings: RunSettings) -> FixedSplitCheck:
-  """HHcap's least power at ``rate`` with its split held at the paper's 25 : 21
-  (our search picks any split): one probe per scale 0.1, 0.2, ... 1.5 of it,
-  stopping at the first that meets the rate (cached like the searches)."""
-  from pathlib import Path
-
-  from splitjax.provision import at_rate
-  from splitjax.provision_layout import CachedProbe
-  probe = SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HHCAP), settings.probe())
-  if settings.cache_dir:
-    probe = CachedProbe(probe, Path(settings.cache_dir))
-  prompt, token = HHCAP_PAPER_SPLIT
-  baseline = paper_budget(BudgetKind.ISO_POWER, settings.budget_scale).power_w
-  seen = set()
-  for tenths in range(1, 16):
-    s = tenths / 10 * settings.budget_scale
-    counts = (max(1, round(prompt * s)), max(1, round(token * s)))
-    if counts in seen:
-      continue
-    seen.add(counts)
-    layout = Layout(Pool(counts[0], H100), Pool(counts[1], H100_CAP))
-    if at_rate(layout, probe, rate).lower > 0:
-      power = layout.price(prices((H100, H100_CAP))).power_w
-      return FixedSplitCheck(trace, rate, layout, power, baseline)
-  return FixedSplitCheck(trace, rate, None, math.nan, baseline)

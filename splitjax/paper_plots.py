@@ -14,7 +14,7 @@ from splitjax.paper import (HHCAP_PAPER_SPLIT, FixedSplitCheck, LengthCheck, Out
                             budget_spec)
 from splitjax.paper_claims import Claim
 from splitjax.provision import BudgetKind, Layout
-from splitjax.provision_layout import probe_config
+from splitjax.provision_probe import probe_config
 
 BUDGETS = (BudgetKind.ISO_POWER, BudgetKind.ISO_COST)
 

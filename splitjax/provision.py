@@ -19,51 +19,55 @@ Probes are deterministic, so a re-run asks for the same probes and the cache
 
 - ISO_POWER / ISO_COST: only layouts using the budget maximally (no machine of
   either pool could be added), prompt counts on a grid of ``step``, each kind
-  pair; every one gets its max rate; the best is the highest, optionally
-  refined at ``refine_step`` within one grid step of the best prompt count.
+  pair; the best is the highest max rate, optionally refined at
+  ``refine_step`` within one grid step of the best prompt count. Strategy
+  SWEEP bisects every layout's max rate; CLIMB (``provision_climb``) climbs
+  each kind pair's line, assuming the max rate unimodal along it, with rates
+  on one lattice (``provision_rates``), from ``hints`` when given.
 - ISO_THROUGHPUT: the cheapest (or lowest-power) layout feasible at the
   required rate, one probe per layout, found per kind pair by a staircase search
   over the (prompt, token) grid (:class:`_Staircase`): it never probes a layout
   dominated by an infeasible one (same kinds, no more machines in any pool) or
   dominating a feasible one, nor one costing as much as the cheapest feasible
   so far. Then, with ``refine_step``, the same search on the finer grid over
-  the whole range, bounded by the coarse winner.
+  the whole range, bounded by the coarse winner (``local_refine``: only prompt
+  counts within one grid step of each kind pair's coarse winner, or of a
+  feasible ``start`` guess, the coarse grid then skipped).
 
-Layouts are evaluated in parallel processes (``workers``), a progress line each.
+Layouts (SWEEP, ISO_THROUGHPUT) or kind pairs (CLIMB) are evaluated in parallel
+processes (``workers``, ``provision_runner``), a progress line each. Results:
+``provision_results``; the staircase: ``provision_staircase``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import enum
 import itertools
 import math
-import multiprocessing
 import os
-import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from splitjax.config import to_plain_dict
-from splitjax.provision_layout import (Budget, BudgetKind, CachedProbe, CacheMiss, Design,
-                                       Layout, Objective, Pool, Price, Probe, ProbeOutcome,
-                                       ProbeSettings, ProvisionError, SearchSpace, SimProbe,
-                                       budget_layouts, fill_up, machine_price, prices,
-                                       probe_config)
+from splitjax.provision_climb import ClimbSettings, Hint, best_on_line, climb_line, refine_line
+from splitjax.provision_layout import (Budget, BudgetKind, Design, Layout, Objective, Pool,
+                                       Price, ProvisionError, SearchSpace, Strategy,
+                                       budget_layouts, budget_line, fill_up, machine_price,
+                                       prices)
+from splitjax.provision_probe import (CachedProbe, Probe, ProbeOutcome, ProbeSettings, SimProbe,
+                                      probe_config)
+from splitjax.provision_rates import LayoutRates, RateLattice
+from splitjax.provision_results import EvalMode, LayoutResult, RateBracket, SearchResult
+from splitjax.provision_runner import Runner
+from splitjax.provision_staircase import cheapest_by_pair, walk
 from splitjax.serve_config import ClusterPolicy
 from splitjax.sim.sim_config import SimConfig
 
-__all__ = ("Bisection", "Budget", "BudgetKind", "CachedProbe", "Design", "EvalMode", "Layout",
-           "LayoutResult", "Objective", "Pool", "Price", "ProbeOutcome", "ProbeSettings",
-           "ProvisionConfig", "ProvisionError", "RateBracket", "SearchResult", "SearchSpace",
-           "SimProbe", "at_rate", "budget_layouts", "machine_price", "max_rate", "prices",
-           "probe_config", "provision_config_dict", "search")
-
-
-class EvalMode(enum.Enum):
-  MAX_RATE = "max_rate"   # bracketed and bisected
-  AT_RATE = "at_rate"     # one probe at a required rate
+__all__ = ("Bisection", "Budget", "BudgetKind", "CachedProbe", "Design", "EvalMode", "Hint",
+           "Layout", "LayoutResult", "Objective", "Pool", "Price", "ProbeOutcome",
+           "ProbeSettings", "ProvisionConfig", "ProvisionError", "RateBracket", "SearchResult",
+           "SearchSpace", "SimProbe", "Strategy", "at_rate", "budget_layouts", "machine_price",
+           "max_rate", "prices", "probe_config", "provision_config_dict", "search")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +84,6 @@ class Bisection:
             and self.start_rate_per_machine > 0):
       raise ProvisionError("bisection: need tolerance > 0, growth > 1, "
                            "0 < min_rate < max_rate, start_rate_per_machine > 0")
-
-
-@dataclasses.dataclass(frozen=True)
-class RateBracket:
-  """``lower``: highest rate probed feasible (0: none); ``upper``: lowest probed
-  infeasible (inf: none); req/s."""
-  lower: float
-  upper: float
-  probes: tuple[ProbeOutcome, ...]
 
 
 def max_rate(layout: Layout, probe: Probe, bisection: Bisection = Bisection(),
@@ -130,244 +125,105 @@ def at_rate(layout: Layout, probe: Probe, rate: float) -> RateBracket:
   return RateBracket(rate if out.feasible else 0.0, math.inf if out.feasible else rate, (out,))
 
 
-# ---------------------------------------------------------------- results
-
-
-@dataclasses.dataclass(frozen=True)
-class LayoutResult:
-  """One evaluated layout: its price and rate bracket (``mode`` says whether
-  the bracket was bisected or is one probe at a required rate)."""
-  layout: Layout
-  price: Price
-  mode: EvalMode
-  rates: RateBracket
-
-  @property
-  def max_rate(self) -> float:
-    """Highest rate known to meet the SLOs, req/s (0: none)."""
-    return self.rates.lower
-
-  @property
-  def feasible(self) -> bool:
-    return self.rates.lower > 0
-
-  @property
-  def rate_per_cost(self) -> float:
-    """req/s per $/h (NaN for an unpriced layout)."""
-    cost = self.price.cost_per_hour_usd
-    return self.max_rate / cost if cost else math.nan
-
-  @property
-  def rate_per_kw(self) -> float:
-    """req/s per kW (NaN for a layout without power)."""
-    return self.max_rate / (self.price.power_w / 1e3) if self.price.power_w else math.nan
-
-  def to_dict(self) -> dict:
-    finite = lambda x: x if math.isfinite(x) else None
-    return {"layout": self.layout.to_dict(), "label": self.layout.label,
-            "cost_per_hour_usd": self.price.cost_per_hour_usd, "power_w": self.price.power_w,
-            "mode": self.mode.value, "max_rate": self.max_rate,
-            "infeasible_rate": finite(self.rates.upper),
-            "rate_per_cost": finite(self.rate_per_cost), "rate_per_kw": finite(self.rate_per_kw),
-            "probes": [p.to_dict() for p in self.rates.probes]}
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchResult:
-  """``rows``: every evaluated layout (sorted by kinds, then counts); ``best``:
-  the winner (None: no layout met the SLOs, at the required rate for
-  ISO_THROUGHPUT)."""
-  design: Design
-  budget: Budget
-  rows: tuple[LayoutResult, ...]
-  best: LayoutResult | None
-
-  @property
-  def probes(self) -> int:
-    return sum(len(r.rates.probes) for r in self.rows)
-
-  def to_dict(self) -> dict:
-    return {"design": self.design.value, "budget": to_plain_dict(self.budget),
-            "best": self.best.to_dict() if self.best else None,
-            "probes": self.probes, "rows": [r.to_dict() for r in self.rows]}
-
-
 # ---------------------------------------------------------------- evaluation
 
 
-def _evaluate(layout: Layout, mode: EvalMode, rate: float, probe: Probe,
-              bisection: Bisection) -> tuple[RateBracket, float]:
-  """(bracket, seconds); runs in a worker process. ``rate``: the required rate
-  (AT_RATE) or one known feasible (MAX_RATE, 0: none)."""
-  t0 = time.perf_counter()
-  bracket = (max_rate(layout, probe, bisection, rate) if mode == EvalMode.MAX_RATE
-             else at_rate(layout, probe, rate))
-  return bracket, time.perf_counter() - t0
+def _evaluate(probe: Probe, layout: Layout, mode: EvalMode, rate: float,
+              bisection: Bisection) -> RateBracket:
+  """``rate``: the required rate (AT_RATE) or one known feasible (MAX_RATE, 0: none)."""
+  return (max_rate(layout, probe, bisection, rate) if mode == EvalMode.MAX_RATE
+          else at_rate(layout, probe, rate))
 
 
-class _InlineExecutor:
-  """``submit`` runs the call at once (one worker: no processes)."""
-
-  def submit(self, fn, *args) -> cf.Future:
-    future = cf.Future()
-    try:
-      future.set_result(fn(*args))
-    except Exception as e:     # delivered by future.result(), as a pool would
-      future.set_exception(e)
-    return future
-
-  def shutdown(self, wait: bool = True) -> None:
-    del wait
+def _row(layout: Layout, price: Mapping[str, Price], mode: EvalMode,
+         bracket: RateBracket) -> LayoutResult:
+  return LayoutResult(layout, layout.price(price), mode, bracket)
 
 
-class _Runner:
-  """Evaluates layouts: from the cache when every probe is there, else in a
-  worker process (or inline with one worker); reports each finished one."""
-
-  def __init__(self, probe: Probe, bisection: Bisection, workers: int,
-               cache_dir: Path | None, progress: Callable[[str], None] | None):
-    self.probe = CachedProbe(probe, Path(cache_dir)) if cache_dir else probe
-    self.bisection, self.workers, self.progress = bisection, workers, progress
-    self.done, self.total = 0, 0     # total: layouts of this max-rate pass (0: not known)
-    self._executor = None
-
-  def __enter__(self) -> _Runner:
-    return self
-
-  def __exit__(self, *exc) -> None:
-    if self._executor is not None:
-      self._executor.shutdown(wait=True)
-
-  def submit(self, layout: Layout, mode: EvalMode, rate: float = 0.0) -> cf.Future:
-    if isinstance(self.probe, CachedProbe):
-      offline = dataclasses.replace(self.probe, offline=True)
-      try:
-        bracket, _ = _evaluate(layout, mode, rate, offline, self.bisection)
-        return _InlineExecutor().submit(lambda: (bracket, None))
-      except CacheMiss:
-        pass
-    if self._executor is None:
-      # Fresh interpreters ("spawn"), not fork: a forked copy of a process that
-      # runs threads (e.g. one that imported jax) can deadlock.
-      self._executor = (_InlineExecutor() if self.workers <= 1 else cf.ProcessPoolExecutor(
-          self.workers, mp_context=multiprocessing.get_context("spawn")))
-    return self._executor.submit(_evaluate, layout, mode, rate, self.probe, self.bisection)
-
-  def collect(self, future: cf.Future, layout: Layout, mode: EvalMode,
-              price: Mapping[str, Price]) -> LayoutResult:
-    bracket, seconds = future.result()
-    row = LayoutResult(layout, layout.price(price), mode, bracket)
-    self.done += 1
-    if self.progress:
-      took = "cached" if seconds is None else f"{seconds:.1f} s"
-      what = (f"max {row.max_rate:.1f} req/s" if mode == EvalMode.MAX_RATE else
-              f"{'meets' if row.feasible else 'misses'} {bracket.probes[0].rate:g} req/s")
-      count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
-      self.progress(f"[{count}] {layout.label}: {what} "
-                    f"({len(bracket.probes)} probes, {took})")
-    return row
+def _evaluate_all(layouts: Sequence[Layout], mode: EvalMode, rate: float,
+                  price: Mapping[str, Price], run: Runner,
+                  bisection: Bisection) -> list[LayoutResult]:
+  """Every layout's bracket (all submitted at once), in the order given."""
+  run.total = run.done + len(layouts) if mode == EvalMode.MAX_RATE else 0
+  futures = {run.call(_evaluate, lay, mode, rate, bisection): lay for lay in layouts}
+  done = {}
+  for f in cf.as_completed(futures):
+    bracket, seconds = f.result()
+    row = done[futures[f]] = _row(futures[f], price, mode, bracket)
+    what = (f"max {row.max_rate:.1f} req/s" if mode == EvalMode.MAX_RATE else
+            f"{'meets' if row.feasible else 'misses'} {bracket.probes[0].rate:g} req/s")
+    run.report(f"{row.layout.label}: {what} ({len(bracket.probes)} probes, "
+               f"{'cached' if seconds is None else f'{seconds:.1f} s'})")
+  return [done[lay] for lay in layouts]
 
 
-def _max_rates(layouts: Sequence[Layout], price: Mapping[str, Price], run: _Runner,
-               feasible_at: float = 0.0) -> list[LayoutResult]:
-  """Every layout's max rate (all submitted at once)."""
-  run.total = run.done + len(layouts)
-  futures = {run.submit(lay, EvalMode.MAX_RATE, feasible_at): lay for lay in layouts}
-  return [run.collect(f, futures[f], EvalMode.MAX_RATE, price) for f in cf.as_completed(futures)]
+# ---------------------------------------------------------------- climbing
 
 
-class _Staircase:
-  """The cheapest feasible layout of one kind (pair) on a grid of ``counts``,
-  under the monotonicity assumption. Split: column by column (prompt counts
-  upwards), the fewest feasible token machines, searched only below the last
-  column's (more prompt machines never need more token machines): galloping
-  down from there (1, 2, 4 ... grid steps) until infeasible, then bisecting. So
-  no layout dominated by an infeasible one (or dominating a feasible one) is
-  probed, and a layout costing ``bound`` or more is never probed (it is as good
-  as feasible: nothing dearer can win). Co-located: one column of counts."""
-
-  def __init__(self, prompt_kind: str, token_kind: str | None, counts: Sequence[int]):
-    self.kinds, self.counts = (prompt_kind, token_kind), list(counts)
-    self.columns = self.counts if token_kind else [0]
-    self.i, self.j, self.top, self.low, self.gap = 0, 0, len(self.counts), -1, 1
-    self.pending: Layout | None = None     # returned by next(), awaiting update()
-
-  def _layout(self, j: int) -> Layout:
-    pk, tk = self.kinds
-    if tk is None:
-      return Layout(colocated=Pool(self.counts[j], pk))
-    return Layout(Pool(self.columns[self.i], pk), Pool(self.counts[j], tk))
-
-  def next(self, budget: Budget, price: Mapping[str, Price], bound: float) -> Layout | None:
-    """The layout to probe next (None: done). Token counts of index >= ``top``
-    are known feasible or too dear, <= ``low`` infeasible (this column)."""
-    if self.pending is not None:
-      return self.pending
-    while self.i < len(self.columns):
-      while self.top > 0 and budget.measure(self._layout(self.top - 1).price(price)) >= bound:
-        self.top -= 1
-      if self.top - self.low > 1:
-        self.j = ((self.low + self.top) // 2 if self.low >= 0
-                  else max(self.top - self.gap, 0))
-        self.pending = self._layout(self.j)
-        return self.pending
-      self.i, self.low, self.gap = self.i + 1, -1, 1
-    return None
-
-  def update(self, feasible: bool) -> None:
-    """The outcome of the layout :meth:`next` returned."""
-    self.pending = None
-    if feasible:
-      self.top, self.gap = self.j, self.gap * 2
-    else:
-      self.low = self.j
+def _climb_task(probe: Probe, line: Sequence[Layout], settings: ClimbSettings,
+                hint: Hint | None, best: Layout | None = None,
+                known: Mapping[Layout, tuple[int, int]] = {}) -> dict[Layout, LayoutRates]:
+  """One line climbed, or refined around ``best`` given the lattice brackets
+  ``known`` (layout -> (lo, hi)); runs in a worker process. Returns the
+  layouts it looked at, with the probes it ran."""
+  if best is None:
+    return climb_line(line, probe, settings, hint)
+  rates = {}
+  for lay, (lo, hi) in known.items():
+    rates[lay] = LayoutRates(lay, probe, settings.lattice)
+    rates[lay].lo, rates[lay].hi = lo, hi
+  return refine_line(best, line, probe, settings, rates)
 
 
-def _walk(design: Design, space: SearchSpace, step: int, budget: Budget,
-          price: Mapping[str, Price], run: _Runner, known: dict[Layout, LayoutResult]) -> None:
-  """One :class:`_Staircase` per kind (pair) on the grid of ``step``, advanced in
-  rounds: each round probes every walk's next layout at once (in parallel), so
-  what is probed does not depend on timing or workers. ``known`` (layout ->
-  result) is extended; what it holds or implies (:func:`_implied`) is not
-  probed again, and its cheapest feasible layout bounds the walks."""
-  counts = range(step, space.max_machines + 1, step)
-  pairs = (itertools.product(space.prompt_kinds, space.token_kinds) if design == Design.SPLIT
-           else ((k, None) for k in space.colocated_kinds))
-  walks = [_Staircase(pk, tk, counts) for pk, tk in pairs]
-  run.total = 0
-  while True:
-    asks = []
-    for w in walks:
-      while (lay := w.next(budget, price, _bound(known, budget))) is not None:
-        feasible = _implied(known, lay)
-        if feasible is None:
-          break
-        w.update(feasible)
-      if lay is not None and lay not in asks:
-        asks.append(lay)
-    if not asks:
-      return
-    futures = [(run.submit(lay, EvalMode.AT_RATE, budget.rate), lay) for lay in asks]
-    for f, lay in futures:
-      known[lay] = run.collect(f, lay, EvalMode.AT_RATE, price)
+def _report(run: Runner, rates: Mapping[Layout, LayoutRates], seconds: float | None,
+            what: str) -> None:
+  top = max(rates.values(), key=lambda r: r.lo, default=None)
+  best = (f"{top.layout.label} at {top.bracket().lower:.1f} req/s" if top and top.resolved
+          else "none")
+  run.report(f"{what}: best {best} ({len(rates)} layouts, "
+             f"{sum(len(r.probes) for r in rates.values())} probes, "
+             f"{'cached' if seconds is None else f'{seconds:.1f} s'})")
 
 
-def _implied(known: Mapping[Layout, LayoutResult], layout: Layout) -> bool | None:
-  """Feasibility of ``layout`` known or implied by monotonicity in machines: it is
-  infeasible if dominated by an infeasible layout, feasible if it dominates a
-  feasible one (None: unknown)."""
-  if layout in known:
-    return known[layout].feasible
-  for r in known.values():
-    if (layout.dominated_by(r.layout) and not r.feasible or
-        r.layout.dominated_by(layout) and r.feasible):
-      return r.feasible
-  return None
+def _climb(design: Design, space: SearchSpace, budget: Budget, price: Mapping[str, Price],
+           run: Runner, bisection: Bisection,
+           hints: Mapping[tuple[str, str | None], Hint]) -> list[LayoutResult]:
+  """ISO_POWER / ISO_COST by climbing (module docstring): one task per kind pair
+  (co-located: per kind), then one refining around the best."""
+  settings = ClimbSettings(RateLattice.of(bisection), bisection.start_rate_per_machine,
+                           bisection.growth)
+  if design == Design.COLOCATED:
+    lines = {(lay.colocated.kind, None): [lay]
+             for lay in budget_layouts(design, space, budget, price)}
+  else:
+    budget_layouts(design, space, budget, price)        # ProvisionError if nothing fits
+    lines = {(pk, tk): budget_line(budget, price, pk, tk, space.step)
+             for pk, tk in itertools.product(space.prompt_kinds, space.token_kinds)}
+  refine = bool(space.refine_step) and design == Design.SPLIT
+  run.total = len(lines) + refine
+  futures = {k: run.call(_climb_task, line, settings, hints.get(k)) for k, line in lines.items()}
+  rates: dict[Layout, LayoutRates] = {}
+  for k, f in futures.items():
+    found, seconds = f.result()
+    rates.update(found)
+    _report(run, found, seconds, " + ".join(x for x in k if x))
+  best = best_on_line(rates, lambda lay: budget.measure(lay.price(price)))
+  if best is not None and refine:
+    fine = budget_line(budget, price, best.prompt.kind, best.token.kind, space.refine_step,
+                       around=best.prompt.machines, within=space.step)
+    fine = sorted(set(fine) | {best}, key=lambda lay: lay.prompt.machines)
+    known = {lay: (rates[lay].lo, rates[lay].hi) for lay in fine if lay in rates}
+    found, seconds = run.call(_climb_task, fine, settings, None, best, known).result()
+    for lay, r in found.items():
+      if lay in rates:                     # keep the probes both passes ran
+        r.probes[:0] = rates[lay].probes
+      rates[lay] = r
+    _report(run, found, seconds, f"refined around {best.label}")
+  return [_row(lay, price, EvalMode.MAX_RATE if r.resolved else EvalMode.BOUNDS, r.bracket())
+          for lay, r in rates.items()]
 
 
-def _bound(known: Mapping[Layout, LayoutResult], budget: Budget) -> float:
-  """The cheapest feasible layout's cost or power (inf: none yet)."""
-  return min((budget.measure(r.price) for r in known.values() if r.feasible), default=math.inf)
+# ---------------------------------------------------------------- search
 
 
 def _refined(best: Layout, evaluated: set[Layout], space: SearchSpace, budget: Budget,
@@ -395,35 +251,56 @@ def _best(rows: Sequence[LayoutResult], budget: Budget) -> LayoutResult | None:
 def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
            bisection: Bisection = Bisection(), workers: int | None = None,
            cache_dir: str | Path | None = None, progress: Callable[[str], None] | None = None,
-           measure_winner: bool = True) -> SearchResult:
+           measure_winner: bool = True,
+           hints: Mapping[tuple[str, str | None], Hint] | None = None,
+           start: Sequence[Layout] = ()) -> SearchResult:
   """The best layout of ``design`` under ``budget`` (see the module docstring).
 
   ``probe(layout, rate)`` judges one rate (e.g. :class:`SimProbe`); ``workers``
   processes (default ``os.cpu_count()``; 1 runs inline); ``cache_dir`` keeps
-  every probe's outcome; ``progress`` gets a line per finished layout;
-  ``measure_winner`` (ISO_THROUGHPUT) bisects the winner's max rate too.
+  every probe's outcome; ``progress`` gets a line per finished layout (per
+  kind pair when climbing); ``measure_winner`` (ISO_THROUGHPUT) bisects the
+  winner's max rate too; ``hints`` ((prompt kind, token kind or None) ->
+  :class:`Hint`): where CLIMB starts per kind pair (ignored otherwise);
+  ``start`` (ISO_THROUGHPUT): layouts probed first, e.g. a guess of the answer:
+  a feasible one bounds the walk at once, an infeasible one rules out every
+  layout it dominates (the answer is the same, with fewer probes); with
+  ``space.local_refine`` and a feasible guess for every kind pair, the coarse
+  grid is skipped and the finer one walked near the cheapest feasible guess.
   Raises ProvisionError (budget too small, unknown machine kind, empty space)
   before any probe runs.
   """
   price = prices(space.kinds(design))
   workers = workers or os.cpu_count() or 1
-  with _Runner(probe, bisection, workers, cache_dir, progress) as run:
+  with Runner(probe, workers, cache_dir, progress) as run:
     if budget.kind == BudgetKind.ISO_THROUGHPUT:
       known: dict[Layout, LayoutResult] = {}
-      for step in (space.step, space.refine_step):
-        if step:
-          _walk(design, space, step, budget, price, run, known)
+      at = lambda lays: _evaluate_all(lays, EvalMode.AT_RATE, budget.rate, price, run,
+                                      bisection)
+      for row in at(list(dict.fromkeys(start))):
+        known[row.layout] = row
+      pairs = (set(itertools.product(space.prompt_kinds, space.token_kinds))
+               if design == Design.SPLIT else {None})
+      near = cheapest_by_pair(known, budget) if space.local_refine else {}
+      if not (space.refine_step and pairs <= set(near)):     # no feasible guess for some pair
+        walk(design, space, space.step, budget, price, at, known)
+        near = cheapest_by_pair(known, budget) if space.local_refine else None
+      if space.refine_step:
+        walk(design, space, space.refine_step, budget, price, at, known, near, space.step)
       rows = list(known.values())
+    elif space.strategy == Strategy.CLIMB:
+      rows = _climb(design, space, budget, price, run, bisection, hints or {})
     else:
       candidates = budget_layouts(design, space, budget, price)
-      rows = _max_rates(candidates, price, run)
+      rows = _evaluate_all(candidates, EvalMode.MAX_RATE, 0.0, price, run, bisection)
       best = _best(rows, budget)
       if best:
-        rows += _max_rates(_refined(best.layout, set(candidates), space, budget, price),
-                           price, run)
+        rows += _evaluate_all(_refined(best.layout, set(candidates), space, budget, price),
+                              EvalMode.MAX_RATE, 0.0, price, run, bisection)
     best = _best(rows, budget)
     if best and measure_winner and best.mode == EvalMode.AT_RATE:
-      exact = _max_rates([best.layout], price, run, budget.rate)[0]
+      exact = _evaluate_all([best.layout], EvalMode.MAX_RATE, budget.rate, price, run,
+                            bisection)[0]
       exact = dataclasses.replace(exact, rates=dataclasses.replace(
           exact.rates, probes=best.rates.probes + exact.rates.probes))
       rows = [exact if r is best else r for r in rows]

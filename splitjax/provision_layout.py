@@ -1,36 +1,20 @@
-"""What the provisioning search (``splitjax.provision``) chooses from, and how one
-probe of it runs (no jax): a :class:`Layout` and its :class:`Price`, a
-:class:`Budget`, the :class:`SearchSpace` of kinds and counts and the candidate
-sets it spans; a :class:`ProbeOutcome`, the on-disk cache of outcomes, and the
-simulator as a probe (:class:`SimProbe`).
-
-A probe is any callable ``probe(layout, rate) -> ProbeOutcome`` with a
-``key(layout, rate)`` describing, as JSON, everything the outcome depends on
-(:class:`Probe`): :class:`SimProbe` runs the simulator; tests inject fakes.
+"""What the provisioning search (``splitjax.provision``) chooses from (no jax):
+a :class:`Layout` and its :class:`Price`, a :class:`Budget`, the
+:class:`SearchSpace` of kinds and counts and the candidate sets it spans
+(:func:`budget_layouts`, :func:`budget_line`). How one probe runs and is
+cached: ``splitjax.provision_probe``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import itertools
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Iterable, Mapping
 
-from splitjax.config import to_plain_dict
-from splitjax.serve_config import ClusterPolicy
 from splitjax.sim.hardware import Hardware, HardwareError, get_hardware
-from splitjax.sim.sim_config import PerfModelKind, PoolConfig, SimConfig
-from splitjax.sim.window import MeasureWindow
 
-# Bump when what a cached outcome means changes (not needed for config or input
-# file changes: those change the key).
-CACHE_VERSION = 3
 _EPS = 1e-9      # slack (machines) when counting what fits a budget (float rounding)
 
 
@@ -182,6 +166,12 @@ class Budget:
                 f"iso-throughput {self.rate:g} req/s, least {self.minimize.value}"}[self.kind]
 
 
+class Strategy(enum.Enum):
+  """How an ISO_POWER / ISO_COST search covers the layouts of its budget."""
+  SWEEP = "sweep"    # every layout's max rate bisected (no shape assumed)
+  CLIMB = "climb"    # per kind pair, climb the unimodal max rate (provision_climb)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
   """Machine kinds per pool and the grid of counts (machines)."""
@@ -193,6 +183,10 @@ class SearchSpace:
   # > 0: a second pass at this step: budgets, prompt counts within one grid step
   # of the best; ISO_THROUGHPUT, the whole finer grid, bounded by the grid's winner.
   refine_step: int = 0
+  strategy: Strategy = Strategy.SWEEP    # budgets: sweep or climb each kind pair's line
+  # ISO_THROUGHPUT: the finer pass walks only prompt counts within one grid step
+  # of each kind pair's coarse winner (pairs without one: the whole grid).
+  local_refine: bool = False
 
   def __post_init__(self):
     if self.step < 1 or self.max_machines < 1 or self.refine_step < 0:
@@ -225,6 +219,20 @@ def fill_up(budget: Budget, price: Mapping[str, Price], prompt: Pool,
   return Layout(Pool(prompt.machines + more, prompt.kind), Pool(tokens, token_kind))
 
 
+def budget_line(budget: Budget, price: Mapping[str, Price], prompt_kind: str,
+                token_kind: str, step: int, around: int = 0, within: int = 0) -> list[Layout]:
+  """The layouts of one kind pair using an ISO_POWER / ISO_COST budget maximally
+  (:func:`fill_up`) with prompt counts on a grid of ``step``, by prompt count;
+  ``within`` > 0: only counts less than ``within`` away from ``around``."""
+  wp, wt = budget.measure(price[prompt_kind]), budget.measure(price[token_kind])
+  top = _count(budget.limit - wt, wp)
+  counts = range(step, top + 1, step)
+  if within:
+    counts = [n for n in range(around - within + step, around + within, step) if 1 <= n <= top]
+  out = [lay for p in counts if (lay := fill_up(budget, price, Pool(p, prompt_kind), token_kind))]
+  return sorted(dict.fromkeys(out), key=lambda lay: lay.prompt.machines)
+
+
 def budget_layouts(design: Design, space: SearchSpace, budget: Budget,
                    price: Mapping[str, Price]) -> list[Layout]:
   """Layouts using an ISO_POWER / ISO_COST budget maximally: per kind (pair),
@@ -245,9 +253,7 @@ def budget_layouts(design: Design, space: SearchSpace, budget: Budget,
     smallest = min(units.values())
   else:
     for pk, tk in itertools.product(space.prompt_kinds, space.token_kinds):
-      top = _count(budget.limit - units[tk], units[pk])
-      out += [lay for p in range(space.step, top + 1, space.step)
-              if (lay := fill_up(budget, price, Pool(p, pk), tk))]
+      out += budget_line(budget, price, pk, tk, space.step)
     smallest = min(space.step * units[pk] + units[tk]
                    for pk, tk in itertools.product(space.prompt_kinds, space.token_kinds))
   if not out:
@@ -255,210 +261,3 @@ def budget_layouts(design: Design, space: SearchSpace, budget: Budget,
                          f"{design.value} layout on a grid of step {space.step}: the smallest "
                          f"needs {smallest:g} {budget.unit}")
   return list(dict.fromkeys(out))
-
-
-class CacheMiss(LookupError):
-  """An offline :class:`CachedProbe` has no outcome for this probe."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeOutcome:
-  """One simulation at ``rate`` (req/s): ``met`` = all nine SLOs held;
-  ``requests`` simulated, ``failed`` of them failed or rejected; ``failing``
-  names the SLO checks that did not hold (e.g. ``tbt_p90``)."""
-  rate: float
-  met: bool
-  requests: int
-  failed: int = 0
-  failing: tuple[str, ...] = ()
-
-  @property
-  def feasible(self) -> bool:
-    """All SLOs met and every request completed."""
-    return self.met and self.failed == 0
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self) | {"failing": list(self.failing)}
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> ProbeOutcome:
-    return cls(float(d["rate"]), bool(d["met"]), int(d["requests"]), int(d["failed"]),
-               tuple(d["failing"]))
-
-
-class Probe(Protocol):
-  def __call__(self, layout: Layout, rate: float) -> ProbeOutcome: ...
-
-  def key(self, layout: Layout, rate: float) -> Mapping[str, Any]:
-    """Everything the outcome depends on, as JSON-able data."""
-
-
-def cache_key(probe: Probe, layout: Layout, rate: float) -> str:
-  """Stable hash (sha256 hex) of the probe's inputs."""
-  text = json.dumps({"version": CACHE_VERSION, "probe": probe.key(layout, rate)},
-                    sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class CachedProbe:
-  """``probe`` with outcomes kept as ``directory/<cache_key>.json``; ``offline``
-  raises CacheMiss instead of running ``probe``. Files are written atomically,
-  so concurrent workers may share the directory."""
-  probe: Probe
-  directory: Path
-  offline: bool = False
-
-  def key(self, layout: Layout, rate: float) -> Mapping[str, Any]:
-    return self.probe.key(layout, rate)
-
-  def __call__(self, layout: Layout, rate: float) -> ProbeOutcome:
-    path = Path(self.directory) / f"{cache_key(self.probe, layout, rate)}.json"
-    try:
-      return ProbeOutcome.from_dict(json.loads(path.read_text())["outcome"])
-    except (OSError, ValueError, KeyError, TypeError):
-      pass                                    # absent or unreadable: probe again
-    if self.offline:
-      raise CacheMiss(path.name)
-    out = self.probe(layout, rate)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"layout": layout.to_dict(), "rate": rate, "outcome": out.to_dict(),
-             "inputs": self.probe.key(layout, rate)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-      json.dump(entry, f, sort_keys=True)
-    os.replace(tmp, path)
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeSettings:
-  """One probe: Poisson arrivals at the probed rate, (prompt, output) sizes
-  resampled from the base config's trace window (seeded by ``seed``): all
-  arrivals within ``requests / rate`` seconds (about ``requests`` of them) but
-  at least ``min_duration_s``, or within ``duration_s`` if ``requests`` is 0.
-
-  Judged: the requests arriving from ``measure_from`` to ``measure_to`` x that
-  span (``sim.window``); the rest only load the cluster (queues fill at the
-  start and drain at the end). The simulation stops once the verdict on the
-  judged requests is certain, so a window costs no accuracy.
-  """
-  requests: int = 1000
-  duration_s: float = 0.0
-  # Steady state (measured on the conversation trace, whose requests decode for
-  # tens of seconds): 120 s of arrivals judged from 25% to 75% gives the max
-  # rates of 20,000-request probes; 5000-request whole-probe verdicts were up
-  # to 35% high.
-  min_duration_s: float = 120.0
-  measure_from: float = 0.25
-  measure_to: float = 0.75
-  seed: int = 0
-
-  def __post_init__(self):
-    if self.requests < 0 or self.duration_s < 0 or (self.requests > 0) == (self.duration_s > 0):
-      raise ProvisionError("probe: give probe.requests > 0 or probe.duration_s > 0 (not both)")
-    if self.min_duration_s < 0:
-      raise ProvisionError("probe.min_duration_s must be >= 0")
-    if not 0.0 <= self.measure_from < self.measure_to <= 1.0:
-      raise ProvisionError("probe: need 0 <= measure_from < measure_to <= 1")
-
-  def horizon_s(self, rate: float) -> float:
-    """Seconds of arrivals at ``rate`` req/s."""
-    return max(self.requests / rate, self.min_duration_s) if self.requests else self.duration_s
-
-  @property
-  def window(self) -> MeasureWindow:
-    return MeasureWindow(self.measure_from, self.measure_to)
-
-
-def probe_config(base: SimConfig, layout: Layout, rate: float,
-                 settings: ProbeSettings) -> SimConfig:
-  """``base`` with ``layout``'s pools (the others emptied) and the probe's workload."""
-  split = base.scheduler.policy == ClusterPolicy.SPLIT
-  if split != (layout.colocated is None):
-    raise ProvisionError(f"layout {layout.label} ({layout.design.value}) does not fit "
-                         f"scheduler.policy={base.scheduler.policy.value}")
-  pool = lambda p: PoolConfig(p.machines, p.kind) if p else PoolConfig(0)
-  cluster = dataclasses.replace(base.cluster, prompt=pool(layout.prompt),
-                                token=pool(layout.token), colocated=pool(layout.colocated))
-  workload = dataclasses.replace(base.workload, rate=rate,
-                                 rate_duration_s=settings.horizon_s(rate), seed=settings.seed)
-  return dataclasses.replace(base, cluster=cluster, workload=workload)
-
-
-def _fingerprint(path: Path) -> str:
-  try:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-  except OSError:
-    return "missing"
-
-
-@dataclasses.dataclass(frozen=True)
-class SimProbe:
-  """Simulates ``probe_config(base, layout, rate, settings)`` and checks the SLOs.
-  ``inputs``: (file, sha256) of the trace, the profile and the machine catalog
-  (part of the cache key); :meth:`create` fills them in."""
-  base: SimConfig
-  settings: ProbeSettings = ProbeSettings()
-  inputs: tuple[tuple[str, str], ...] = ()
-
-  @classmethod
-  def create(cls, base: SimConfig, settings: ProbeSettings = ProbeSettings()) -> SimProbe:
-    from splitjax.sim.hardware import DEFAULT_CATALOG
-    from splitjax.sim.perf_model import default_profile_path
-    from splitjax.workload import shared_trace_path
-    w, c = base.workload, base.cluster
-    files = [Path(w.trace) if w.trace.endswith(".csv")
-             else shared_trace_path(w.trace, w.data_dir or None), DEFAULT_CATALOG]
-    if c.perf_model == PerfModelKind.PROFILE:
-      files.append(Path(c.profile_path) if c.profile_path else default_profile_path())
-    return cls(base, settings, tuple((str(f), _fingerprint(f)) for f in files))
-
-  def key(self, layout: Layout, rate: float) -> Mapping[str, Any]:
-    cfg = probe_config(self.base, layout, rate, self.settings)
-    w = self.settings.window
-    return {"config": to_plain_dict(cfg), "inputs": [list(i) for i in self.inputs],
-            "measure": [w.start, w.end]}
-
-  def __call__(self, layout: Layout, rate: float) -> ProbeOutcome:
-    """Simulates the probe until the verdict on its judged requests is certain."""
-    from splitjax.metrics import RequestStatus
-    from splitjax.sim import slo
-    from splitjax.sim.build import build
-    from splitjax.sim.window import CertainVerdict, shortest_steps
-    cfg = probe_config(self.base, layout, rate, self.settings)
-    sim, specs = build(cfg)
-    judged = self.settings.window.judged(specs, self.settings.horizon_s(rate))
-    reference = slo.reference_perf_model(cfg)
-    models = list({id(m): m for m in sim.perf.values()}.values())
-    longest = max((s.prompt_tokens + s.output_tokens for s in judged), default=0)
-    stop = CertainVerdict(sim.records, judged, slo.reference_latencies(
-        reference, [s.prompt_tokens for s in judged], [s.output_tokens for s in judged]),
-        cfg.slo, min_step_s=shortest_steps(models, longest),
-        every_s=self.settings.horizon_s(rate) / 40)
-    result = sim.run(specs, stop=stop)
-    ids = {s.request_id for s in judged}
-    records = [r for r in result.records if r.request_id in ids]
-    failed = sum(r.status != RequestStatus.COMPLETED for r in records)
-    if stop.failing:                    # stopped early: certain to fail
-      return ProbeOutcome(rate, False, len(specs), failed, (stop.failing,))
-    report = slo.check(slo.slowdowns(records, reference), cfg.slo)
-    return ProbeOutcome(rate, report.met, len(specs), failed,
-                        tuple(c.name for c in report.checks if not c.met))
-
-  def check(self, layouts: Iterable[Layout]) -> None:
-    """Fails early (ConfigError, TraceError, HardwareError, PerfModelError,
-    ProvisionError) on what every probe would fail on: the workload, each machine
-    kind's perf model and KV room, the SLO reference machine."""
-    from splitjax import workload
-    from splitjax.sim import slo
-    from splitjax.sim.build import kv_capacity_tokens, perf_model
-    from splitjax.sim.hardware import get_hardware
-    layouts = list(layouts)
-    cfg = probe_config(self.base, layouts[0], 1.0, self.settings)
-    workload.build(cfg.workload, cfg.model.max_seq_len)
-    slo.reference_perf_model(cfg)
-    for kind in dict.fromkeys(p.kind for lay in layouts for p in lay.pools):
-      hw = get_hardware(kind)
-      perf_model(cfg, hw)
-      kv_capacity_tokens(cfg, hw)

@@ -2,6 +2,7 @@
 outcomes: budgets, the modeling variants' configs, every claim's arithmetic,
 the report and the figures. No simulation."""
 
+import dataclasses
 import json
 import math
 
@@ -180,3 +181,35 @@ def test_the_hhcap_claim_with_the_papers_split_held_fixed():
   assert "split held at the paper's 25 prompt : 21 capped token machines" in part
   assert "0.71x power (lowest over traces)" in part and "18 dgx-h100 + 15 dgx-h100-pcap" in part
   assert "conv: no scale up to 1.5x serves 99.3 req/s" in part
+
+
+def test_searches_start_from_the_answers_they_depend_on():
+  from splitjax import paper_run as R
+  outcomes = dict(_outcomes())
+  for d, (lay, rate) in WINNERS.items():         # iso-cost searches start from iso-power
+    spec = P.budget_spec(P.Trace.CONV, d, BudgetKind.ISO_POWER, S)
+    cost = P.budget_spec(P.Trace.CONV, d, BudgetKind.ISO_COST, S)
+    assert R.depends_on(cost, S) == [spec] and R.hints_for(cost, outcomes, S)
+  aa = P.budget_spec(P.Trace.CONV, P.PaperDesign.SPLITWISE_AA, BudgetKind.ISO_POWER, S)
+  hh = P.budget_spec(P.Trace.CONV, P.PaperDesign.SPLITWISE_HH, BudgetKind.ISO_POWER, S)
+  assert R.depends_on(aa, S) == [hh]
+  # HH 25 + 15 puts 25/40 of the power on prompt machines: 44 of 70 A100 machines
+  assert R.hints_for(aa, outcomes, S) == {(A, A): R.Hint(44, 0.0)}
+  # Splitwise-any climbs each paper pair exactly as that design's search does
+  any_ = P.budget_spec(P.Trace.CONV, P.PaperDesign.SPLITWISE_ANY, BudgetKind.ISO_POWER, S)
+  assert set(R.depends_on(any_, S)) >= {aa, hh}
+  hints = R.hints_for(any_, outcomes, S)
+  assert hints[(A, A)] == R.hints_for(aa, outcomes, S)[(A, A)]
+  assert (H, H) not in hints                       # HH at iso-power starts cold
+  assert hints[(A, CAP)] == R.Hint(44, 145.0)      # a non-paper pair: from HHcap (its tokens)
+  lazy = dataclasses.replace(any_, tuning=P.Tuning.LAZY_BORROW)
+  assert R.depends_on(lazy, S) == [any_]
+  assert R.priority(lazy) > R.priority(any_) > R.priority(aa)
+  assert R.priority(hh) == max(R.priority(s) for s in outcomes)
+  serial = dataclasses.replace(aa, variant=P.Variant.SERIAL_TRANSFER)
+  assert R.depends_on(serial, S) == [aa] and R.priority(serial) == 0
+  assert R.hints_for(serial, outcomes, S) == {(A, A): R.Hint(40, 110.0)}
+  # iso-throughput: a guess scaled from the iso-power winner, on the finest grid
+  cap = P.hhcap_spec(P.Trace.CONV, 100.0)
+  assert R.start_for(cap, outcomes, S) == [Layout(Pool(17, H), Pool(14, CAP)),
+                                           Layout(Pool(21, H), Pool(17, CAP))]

@@ -17,7 +17,7 @@ from splitjax import provision as pv
 from splitjax.config import from_config_dict
 from splitjax.provision import (Bisection, Budget, BudgetKind, Design, Layout, Objective, Pool,
                                 ProbeOutcome, ProvisionError, SearchSpace)
-from splitjax.provision_layout import cache_key
+from splitjax.provision_probe import cache_key
 from splitjax.sim.hardware import get_hardware
 from splitjax.sim.perf_model import default_profile_path
 from splitjax.sim.sim_config import PoolConfig, SimConfig, design_config_dict
@@ -185,12 +185,14 @@ def test_bisection_settings_are_checked():
 # ---------------------------------------------------------------- the searches (fake probe)
 
 
+@pytest.mark.parametrize("strategy", list(pv.Strategy))
 @pytest.mark.parametrize("space", [
     SearchSpace(step=1),
     SearchSpace(step=5, refine_step=1),
     SearchSpace(prompt_kinds=(H, A), token_kinds=(H, A, CAP), step=1),
 ], ids=["hh-step1", "hh-step5-refine", "mixed-kinds"])
-def test_iso_power_search_finds_the_brute_force_optimum(space):
+def test_iso_power_search_finds_the_brute_force_optimum(space, strategy):
+  space = dataclasses.replace(space, strategy=strategy)
   budget = Budget(BudgetKind.ISO_POWER, power_w=40 * H100_W)
   price = _prices(H, A, CAP)
   fits = [lay for lay in _all_split(space.prompt_kinds, space.token_kinds, 80)
@@ -201,8 +203,14 @@ def test_iso_power_search_finds_the_brute_force_optimum(space):
   assert result.best.layout == best
   assert result.best.max_rate <= true_max(best) < result.best.max_rate * 1.025
   assert result.best is max(result.rows, key=lambda r: r.max_rate)
-  if space.step == 5:                     # the grid, then prompt counts 21..29 around 25
+  if space.step == 5 and strategy == pv.Strategy.SWEEP:   # the grid, then 21..29 around 25
     assert len(result.rows) == 7 + 8
+  if strategy == pv.Strategy.CLIMB:       # on the lattice: one bisection's resolution
+    lattice = result.best.rates.upper / result.best.max_rate
+    assert lattice == pytest.approx(1.025)
+    sweep = pv.search(Design.SPLIT, dataclasses.replace(space, strategy=pv.Strategy.SWEEP),
+                      budget, FakeProbe(), workers=1)
+    assert result.probes < sweep.probes / 2
 
 
 @pytest.mark.parametrize("rate", [20.0, 70.0, 133.0])
@@ -212,7 +220,9 @@ def test_iso_power_search_finds_the_brute_force_optimum(space):
     (SearchSpace(prompt_kinds=(H, A), token_kinds=(A, CAP), step=4, max_machines=48,
                  refine_step=1), Objective.POWER),
 ], ids=["step1", "step5-refine", "mixed-kinds-power"])
-def test_iso_throughput_search_finds_the_brute_force_cheapest(rate, space, minimize):
+@pytest.mark.parametrize("local", [False, True])
+def test_iso_throughput_search_finds_the_brute_force_cheapest(rate, space, minimize, local):
+  space = dataclasses.replace(space, local_refine=local)
   budget = Budget(BudgetKind.ISO_THROUGHPUT, rate=rate, minimize=minimize)
   price = _prices(H, A, CAP)
   feasible = [lay for lay in _all_split(space.prompt_kinds, space.token_kinds, 48)
@@ -393,3 +403,17 @@ def test_provisioning_imports_no_jax():
   code = ("import sys, splitjax.provision, splitjax.sim.build, splitjax.sim.slo; "
           "assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')]")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+@pytest.mark.parametrize("rate", [20.0, 70.0, 133.0])
+def test_iso_throughput_from_a_guess_finds_the_same_cheapest_with_fewer_probes(rate):
+  space = SearchSpace(step=5, max_machines=50, refine_step=1, local_refine=True)
+  budget = Budget(BudgetKind.ISO_THROUGHPUT, rate=rate)
+  plain = pv.search(Design.SPLIT, space, budget, FakeProbe(), workers=1)
+  best = plain.best.layout
+  guess = [Layout(Pool(best.prompt.machines + 2, H), Pool(best.token.machines + 1, H)),
+           Layout(Pool(max(1, best.prompt.machines - 1), H), Pool(best.token.machines, H))]
+  probe = FakeProbe()
+  found = pv.search(Design.SPLIT, space, budget, probe, workers=1, start=guess)
+  assert found.best.layout == best and len(probe.calls) < plain.probes
+  assert guess[0] in {r.layout for r in found.rows}

@@ -1,0 +1,92 @@
+"""The reproduction's checks beyond the searches (no jax): a layout's max rate
+with longer probes (:func:`length_check`), Splitwise-HH on a (prompt, token)
+grid for the heat maps (:func:`hh_sweep`), HHcap on the paper's fixed split
+(:func:`fixed_split_hhcap`). Rates are resolved on the searches' rate lattice
+(``splitjax.provision_rates``), so probes the searches ran are cache hits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from splitjax.paper import (H100, H100_CAP, HHCAP_PAPER_SPLIT, FixedSplitCheck, LengthCheck,
+                            PaperDesign, RunSettings, Trace, base_sim, paper_budget)
+from splitjax.provision import (Bisection, BudgetKind, CachedProbe, Layout, Pool, SimProbe,
+                                at_rate, prices)
+from splitjax.provision_rates import LayoutRates, RateLattice
+
+
+def _lattice_rate(probe, layout: Layout, settings: RunSettings, hint: float = 0.0) -> float:
+  """``layout``'s max rate (req/s) on the searches' rate lattice, from ``hint``."""
+  lattice = RateLattice.of(Bisection(tolerance=settings.tolerance))
+  rates = LayoutRates(layout, probe, lattice)
+  return rates.resolve(lattice.below(hint) if hint > 0 else None).bracket().lower
+
+
+def _cached(probe, settings: RunSettings):
+  return CachedProbe(probe, Path(settings.cache_dir)) if settings.cache_dir else probe
+
+
+def length_check(trace: Trace, design: PaperDesign, layout: Layout, duration_s: float,
+                 settings: RunSettings, hint: float = 0.0) -> LengthCheck:
+  """``layout``'s max rate with ``duration_s``-second probes, resolved on the
+  searches' lattice from ``hint`` req/s (cached like the searches)."""
+  probe = _cached(SimProbe.create(base_sim(trace, design), settings.probe(duration_s)),
+                  settings)
+  return LengthCheck(trace, design, layout, duration_s,
+                     _lattice_rate(probe, layout, settings, hint))
+
+
+def hh_sweep(trace: Trace, counts: Sequence[int], settings: RunSettings,
+             known: Mapping[tuple[int, int], float] = {}) -> list[LengthCheck]:
+  """Splitwise-HH max rates on the (prompt, token) grid ``counts`` x ``counts``.
+  A cell in ``known`` ((prompt, token) -> a lattice max rate from a search with
+  the same probes) costs nothing; any other starts from what monotonicity in
+  machines gives (it serves at least the best of the cells one step fewer in
+  either pool, row-major before it) and probes upwards from there."""
+  probe = _cached(SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HH), settings.probe()),
+                  settings)
+  lattice = RateLattice.of(Bisection(tolerance=settings.tolerance))
+  lo: dict[tuple[int, int], int] = {}
+  out = []
+  for i, p in enumerate(counts):
+    for j, k in enumerate(counts):
+      layout = Layout(Pool(p, H100), Pool(k, H100))
+      r = LayoutRates(layout, probe, lattice)
+      if (p, k) in known:
+        r.lo = lattice.below(known[(p, k)]) if known[(p, k)] > 0 else lattice.low - 1
+        r.hi = r.lo + 1
+      below = [lo[c] for c in ((counts[i - 1], k) if i else None,
+                               (p, counts[j - 1]) if j else None) if c in lo]
+      if below and not r.resolved:
+        r.lo = max(below)
+      r.resolve(r.lo if r.lo >= lattice.low else None, start_rate_per_machine=1.0)
+      lo[(p, k)] = r.lo
+      out.append(LengthCheck(trace, PaperDesign.SPLITWISE_HH, layout, settings.min_duration_s,
+                             r.bracket().lower))
+  return out
+
+
+def fixed_split_hhcap(trace: Trace, rate: float, settings: RunSettings) -> FixedSplitCheck:
+  """HHcap's least power at ``rate`` with its split held at the paper's 25 : 21
+  (our search picks any split): the smallest of its scales 0.1, 0.2, ... 1.5
+  that meets the rate, by bisection (each scale's layout has no fewer machines
+  in either pool than the one before, so feasibility only grows with scale)."""
+  probe = _cached(SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HHCAP),
+                                  settings.probe()), settings)
+  prompt, token = HHCAP_PAPER_SPLIT
+  baseline = paper_budget(BudgetKind.ISO_POWER, settings.budget_scale).power_w
+  counts = list(dict.fromkeys(
+      (max(1, round(prompt * t / 10 * settings.budget_scale)),
+       max(1, round(token * t / 10 * settings.budget_scale))) for t in range(1, 16)))
+  lo, hi = -1, len(counts)             # counts[lo] misses the rate (or none), counts[hi] meets it
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    layout = Layout(Pool(counts[mid][0], H100), Pool(counts[mid][1], H100_CAP))
+    lo, hi = (lo, mid) if at_rate(layout, probe, rate).lower > 0 else (mid, hi)
+  if hi == len(counts):
+    return FixedSplitCheck(trace, rate, None, math.nan, baseline)
+  layout = Layout(Pool(counts[hi][0], H100), Pool(counts[hi][1], H100_CAP))
+  power = layout.price(prices((H100, H100_CAP))).power_w
+  return FixedSplitCheck(trace, rate, layout, power, baseline)
