@@ -25,8 +25,10 @@ from splitjax.sim.sim_config import PerfModelKind, PoolConfig, SimConfig
 from splitjax.sim.window import MeasureWindow
 
 # Bump when what a cached outcome means changes (not needed for config or input
-# file changes: those change the key).
-CACHE_VERSION = 3
+# file changes: those change the key). 4: leap mode no longer leaps a borrowed
+# instance with prompts queued (StepPolicy.repeats_decode): heavily borrowing
+# layouts simulate as stepping does.
+CACHE_VERSION = 4
 
 
 class CacheMiss(LookupError):
