@@ -20,8 +20,9 @@ Text prompts use the checkpoint's tokenizer.json, else UTF-8 bytes as token ids.
   python scripts/launch_local.py -n 2 -- scripts/serve.py --config configs/split.py
 
 replays the workload with the prompt instances in some processes and the token
-instances in others (``splitjax.distributed.serving``; ``--process_pools`` says
-which pool each process serves, default first half prompt, rest token). Every
+instances in others (``splitjax.distributed.serving``; ``--process_pools`` or
+``--config.cluster.process_pools`` says which pool each process serves, default
+first half prompt, rest token). Every
 process runs this program; process 0 runs the policy, prints and writes the
 files. A dead or stopped process ends the job (exit code 3) naming it and the
 requests in flight on it; the files still hold every finished request. With
@@ -62,7 +63,8 @@ _HARDWARE = flags.DEFINE_string("hardware", "cpu-host", "HTTP: catalog machine w
                                 "price the energy / cost counters use ('' for none).")
 _DIST = launch.define_flags()
 _POOLS = flags.DEFINE_string("process_pools", None, "Multi-process: pool of each process, e.g. "
-                             "'prompt,token,token' (default: first half prompt, rest token).")
+                             "'prompt,token,token' (default: the config's "
+                             "cluster.process_pools, else first half prompt, rest token).")
 _WAIT = flags.DEFINE_float("wait_timeout_s", 300.0, "Multi-process: longest wait on another "
                            "process that is alive.")
 _FAULT_PROCESS = flags.DEFINE_integer("fault_process", None, "Testing, multi-process: this "
@@ -198,7 +200,7 @@ def run_distributed(spec) -> int:
   me = info.process_id
   try:
     cfg, defs, params = load_inputs()
-    layout = ProcessLayout.parse(_POOLS.value, info.num_processes)
+    layout = ProcessLayout.parse(_POOLS.value or cfg.cluster.process_pools, info.num_processes)
     cluster = DistributedCluster(cfg, defs, params, layout, control, _WAIT.value)
     if _HTTP_PORT.value is not None:
       from splitjax.server.tokenizer import load_tokenizer

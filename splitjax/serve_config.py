@@ -81,6 +81,10 @@ class ClusterConfig:
   # KV tokens an instance may hold; 0 -> decode_slots x max_cache_len (all
   # of its cache). Smaller values emulate memory pressure.
   kv_capacity_tokens: int = 0
+  # Multi-process runs (scripts/launch_local.py, or one process per node): the
+  # pool of each process, e.g. "prompt,token,token"; "" -> the first half of
+  # the processes prompt, the rest token (splitjax.distributed.layout).
+  process_pools: str = ""
 
   def __post_init__(self):
     for name in ("prompt_instances", "token_instances", "colocated_instances"):
@@ -88,6 +92,10 @@ class ClusterConfig:
         raise ConfigError(f"cluster.{name} must be positive, got {getattr(self, name)}")
     if self.kv_capacity_tokens < 0:
       raise ConfigError("cluster.kv_capacity_tokens must be >= 0")
+    if self.process_pools:
+      from splitjax.distributed.layout import ProcessLayout
+      n = len(self.process_pools.split(","))
+      ProcessLayout.parse(self.process_pools, n)      # raises ConfigError naming a bad item
 
 
 class WorkloadSource(enum.Enum):

@@ -84,12 +84,15 @@ def test_killed_token_process_is_reported_and_finished_requests_kept(single, tmp
 
 
 def test_four_processes_one_instance_each(single, tmp_path):
-  # p0, p1 prompt; p2, p3 token: every KV transfer has two bystanders that skip it
+  # p0, p2 prompt; p1, p3 token (from the config): every KV transfer has two
+  # bystanders that skip it
   # all arrivals within ~10 ms: the router must spread them over both prompt instances
   proc = launch(4, SERVE, *COMMON, f"--output_dir={tmp_path}", "--config.workload.rate_scale=1000",
-                cpu_devices=2, timeout_s=300)
+                "--config.cluster.process_pools=prompt,token,prompt,token", cpu_devices=2,
+                timeout_s=300)
   assert proc.returncode == 0, proc.stdout
-  assert "4 processes (p0=prompt, p1=prompt, p2=token, p3=token)" in proc.stdout
+  assert "4 processes (p0=prompt, p1=token, p2=prompt, p3=token)" in proc.stdout
+  assert "prompt1    process 2 devices [0, 1]" in proc.stdout
   assert _tokens(tmp_path) == _tokens(single)
   rows = _rows(tmp_path)
   assert {r["status"] for r in rows} == {"completed"}
