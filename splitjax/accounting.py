@@ -67,8 +67,13 @@ from splitjax.sim.roofline import RooflineModel
 class EnergyLedger:
   """Iterations of ``instances`` (their order gives the observer's index), with
   each instance's power and price in ``rates`` (same order). ``observe`` (also
-  the ledger itself) is a work observer: O(1) array appends per iteration plus
-  one id and one token count per row."""
+  the ledger itself) is a work observer: it buffers ``(index, work, start,
+  end)``; every ``_FLUSH`` iterations (and before any read) the buffer becomes
+  typed arrays: a code, start and end per iteration, an id and a token count
+  per row. A buffered Work must not change after it was observed (drivers
+  report finished works)."""
+
+  _FLUSH = 4096
 
   def __init__(self, instances: Sequence[Instance], rates: Sequence[InstanceRates]):
     if len(instances) != len(rates):
@@ -79,35 +84,48 @@ class EnergyLedger:
     self._codes, self._starts, self._ends = array.array("q"), array.array("d"), array.array("d")
     self._row_ends = array.array("q")          # rows of iterations 0..k end here
     self._ids, self._tokens = array.array("q"), array.array("q")
+    self._buffer: list[tuple[int, Work, float, float]] = []
 
   def observe(self, index: int, work: Work, start_s: float, end_s: float) -> None:
     """Instance ``index`` ran ``work`` from ``start_s`` to ``end_s`` (a work
-    observer; plain appends, nothing allocated per row)."""
-    self._codes.append(index * 3 + _KIND_COLUMN[work.kind])
-    self._starts.append(start_s)
-    self._ends.append(end_s)
-    ids, tokens = self._ids, self._tokens
-    if work.prefill:
-      ids.extend([r.request_id for r in work.prefill])
-      tokens.extend([r.prompt_tokens for r in work.prefill])
-    if work.chunks:
-      ids.extend([c.request.request_id for c in work.chunks])
-      tokens.extend([c.end - c.start for c in work.chunks])
-    decode = work.decode
-    if decode:
-      ids.extend([r.request_id for r in decode])
-      tokens.extend([work.steps] * len(decode))
-    self._row_ends.append(len(ids))
+    observer; one append, the arrays grow in bulk)."""
+    buffer = self._buffer
+    buffer.append((index, work, start_s, end_s))
+    if len(buffer) >= self._FLUSH:
+      self._flush()
 
   __call__ = observe
 
+  def _flush(self) -> None:
+    """Moves the buffered iterations into the arrays: rows are a work's
+    prefills, then its chunks, then its decode rows (``steps`` tokens each)."""
+    buffer, ids, tokens, row_ends = self._buffer, self._ids, self._tokens, self._row_ends
+    column = _KIND_COLUMN
+    self._codes.extend([index * 3 + column[work.kind] for index, work, _, _ in buffer])
+    self._starts.extend([start for _, _, start, _ in buffer])
+    self._ends.extend([end for _, _, _, end in buffer])
+    for _, work, _, _ in buffer:
+      if work.prefill:
+        ids.extend([r.request_id for r in work.prefill])
+        tokens.extend([r.prompt_tokens for r in work.prefill])
+      if work.chunks:
+        ids.extend([c.request.request_id for c in work.chunks])
+        tokens.extend([c.end - c.start for c in work.chunks])
+      decode = work.decode
+      if decode:
+        ids.extend([r.request_id for r in decode])
+        tokens.extend([work.steps] * len(decode))
+      row_ends.append(len(ids))
+    buffer.clear()
+
   @property
   def iterations(self) -> int:
-    return len(self._codes)
+    return len(self._codes) + len(self._buffer)
 
   def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codes (instance x 3 + phase column), starts, ends: copies, so that no
     numpy view pins the buffers and the ledger can keep growing."""
+    self._flush()
     return (np.array(self._codes, np.int64), np.array(self._starts, np.float64),
             np.array(self._ends, np.float64))
 
@@ -137,6 +155,7 @@ class EnergyLedger:
 
   def _requests(self, codes, energy, cost) -> tuple[RequestAccounts, tuple[float, float]]:
     """Each iteration's energy and cost split over its rows by tokens."""
+    self._flush()
     ids = np.array(self._ids, np.int64)
     tokens = np.array(self._tokens, np.float64)
     row_ends = np.array(self._row_ends, np.int64)

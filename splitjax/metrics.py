@@ -30,6 +30,11 @@ class RequestStatus(enum.Enum):
   REJECTED = "rejected"    # refused at admission; ``reason`` says why
 
 
+# Statuses that need a reason (a module constant: a global read is cheaper than an Enum
+# class attribute).
+_NEED_REASON = (RequestStatus.FAILED, RequestStatus.REJECTED)
+
+
 @dataclasses.dataclass(slots=True)
 class RequestRecord:
   """What happened to one request. Times are absolute seconds on one clock.
@@ -64,7 +69,7 @@ class RequestRecord:
       self.add_token(t)
 
   def finish(self, status: RequestStatus, reason: str = "") -> None:
-    if status in (RequestStatus.FAILED, RequestStatus.REJECTED) and not reason:
+    if status in _NEED_REASON and not reason:
       raise ValueError("a failed or rejected request needs a reason")
     self.status, self.reason = status, reason
 
@@ -263,11 +268,13 @@ def summarize(records: Sequence[RequestRecord], wall_s: float,
   Raises ValueError if a request is still PENDING: every accepted request
   must end completed or failed with a reason.
   """
-  pending = [r.request_id for r in records if r.status == RequestStatus.PENDING]
-  if pending:
+  statuses = [r.status for r in records]
+  if RequestStatus.PENDING in statuses:
+    pending = [r.request_id for r in records if r.status is RequestStatus.PENDING]
     raise ValueError(f"{len(pending)} requests never finished (e.g. ids {pending[:5]})")
-  done = [r for r in records if r.status == RequestStatus.COMPLETED]
-  count = lambda s: sum(r.status == s for r in records)
+  completed = RequestStatus.COMPLETED
+  done = [r for r in records if r.status is completed]
+  count = statuses.count
   return Summary(
       submitted=len(records), completed=len(done), failed=count(RequestStatus.FAILED),
       rejected=count(RequestStatus.REJECTED), wall_s=wall_s,

@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import datetime as dt
 import enum
+import operator
 import os
 from pathlib import Path
 from typing import Sequence
@@ -63,7 +64,7 @@ def read_azure_trace(path: str | os.PathLike) -> list[RequestSpec]:
     if header is None or tuple(h.strip() for h in header) != TRACE_COLUMNS:
       raise TraceError(f"{path}:1: expected header {','.join(TRACE_COLUMNS)}, got {header}")
     for line, row in enumerate(reader, start=2):
-      if not row or all(not c.strip() for c in row):
+      if not "".join(row).strip():                  # an empty or all-blank row
         continue
       if len(row) != 3:
         raise TraceError(f"{path}:{line}: expected 3 fields, got {len(row)}: {row}")
@@ -77,7 +78,7 @@ def read_azure_trace(path: str | os.PathLike) -> list[RequestSpec]:
       rows.append((ts, prompt, output))
   if not rows:
     raise TraceError(f"{path}: no requests")
-  rows.sort(key=lambda r: r[0])
+  rows.sort(key=operator.itemgetter(0))
   t0 = rows[0][0]
   return [RequestSpec(i, (ts - t0).total_seconds(), p, o) for i, (ts, p, o) in enumerate(rows)]
 

@@ -110,6 +110,25 @@ def test_accounts_can_be_taken_mid_run():
   assert ledger.iterations == 3 and ledger.account(10.0).energy_j == 24000 + 6000 + 4000
 
 
+def test_buffered_iterations_give_the_same_accounts_whenever_flushed():
+  p, t = inst("p0", Role.PROMPT), inst("t0", Role.TOKEN)
+  works = [(0, Work(WorkKind.PREFILL, p, prefill=(req(k, 10 + k, 5),)), k, k + 0.5)
+           for k in range(7)]
+  works += [(1, Work(WorkKind.DECODE, t, decode=(req(1, 11, 5), req(2, 12, 5)), steps=3),
+             k + 0.5, k + 1.0) for k in range(7)]
+  accounts = []
+  for flush in (1, 3, 4096):
+    ledger = EnergyLedger([p, t], [HAND, HAND])
+    ledger._FLUSH = flush
+    for w in works:
+      ledger(*w)
+    assert ledger.iterations == len(works)
+    accounts.append(ledger.account(10.0))
+  for a in accounts[1:]:
+    assert a.to_dict() == accounts[0].to_dict()
+    assert (a.requests.energy_j == accounts[0].requests.energy_j).all()
+
+
 def test_mixed_iteration_splits_by_chunk_tokens_and_decode_rows():
   p = inst("c0", Role.COLOCATED)
   a, b, c = req(1, 100, 5), req(2, 100, 5), req(3, 80, 5)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from splitjax.scheduling.records import Instance, Phase, Request
 
+# Members as module constants: reading a global is cheaper than an Enum class attribute.
+_PREFILLING, _DECODING = Phase.PREFILLING, Phase.DECODING
+
 
 def start_local_prefill(inst: Instance, r: Request) -> None:
   """``r`` (decoded on ``inst`` too) takes its slot and prompt + output KV and
   starts prefilling here."""
   inst.incoming.pop(r.request_id, None)
   inst.take_slot(r)
-  r.phase = Phase.PREFILLING
+  r.phase = _PREFILLING
   inst.prefilling[r.request_id] = r
 
 
@@ -53,7 +56,7 @@ class FCFSPromptBatcher:
       else:
         inst.kv.allocate(r.request_id, r.prompt_tokens)
         inst.held[r.request_id] = r
-        r.phase = Phase.PREFILLING
+        r.phase = _PREFILLING
         inst.prefilling[r.request_id] = r
       batch.append(r)
       tokens += r.prompt_tokens
@@ -72,7 +75,7 @@ class ContinuousTokenBatcher:
       r = q.popleft()
       inst.incoming.pop(r.request_id)
       inst.take_slot(r)
-      r.phase = Phase.DECODING
+      r.phase = _DECODING
       inst.decoding[r.request_id] = r
       admitted.append(r)
     return admitted

@@ -30,6 +30,11 @@ from splitjax.scheduling.steps import (ChunkedColocatedStep, ColocatedStep, Mixe
                                        PromptStep, StepPolicy, TokenStep)
 from splitjax.serve_config import ClusterPolicy, SchedulerConfig
 
+# Members as module constants: reading a global is cheaper than an Enum class attribute.
+_DOWN = Role.DOWN
+_QUEUED, _TRANSFERRING, _WAITING_DECODE, _DECODING, _FINISHED = (
+    Phase.QUEUED, Phase.TRANSFERRING, Phase.WAITING_DECODE, Phase.DECODING, Phase.FINISHED)
+
 
 @dataclasses.dataclass
 class Policies:
@@ -119,7 +124,7 @@ class Coordinator:
       p, t = self.policies.router.choose(r, self._candidates)
     except NoInstanceError as e:
       return str(e)
-    r.prompt_instance, r.token_instance, r.phase = p.name, t.name, Phase.QUEUED
+    r.prompt_instance, r.token_instance, r.phase = p.name, t.name, _QUEUED
     if by_age:
       _insert_by_age(p.prompt_queue, r)
     else:
@@ -146,7 +151,7 @@ class Coordinator:
       raise ValueError(f"instance {inst.name} is busy")
     if not (inst.prompt_queue or inst.decode_queue or inst.decoding or inst.prefilling):
       return None                   # step policies make work only from these
-    if inst.role is Role.DOWN:
+    if inst.role is _DOWN:
       return None
     work = self._steps[inst.role].next_work(inst, now)
     if work is not None:
@@ -164,7 +169,7 @@ class Coordinator:
     finished requests freed."""
     inst, out = work.instance, Completion([], [], [])
     inst.busy = False
-    finished = Phase.FINISHED            # a request failed while the work ran is skipped
+    finished = _FINISHED                 # a request failed while the work ran is skipped
     for r in work.prefill:
       if r.phase is not finished:
         r.prefilled = r.prompt_tokens
@@ -200,19 +205,19 @@ class Coordinator:
         self.by_name[r.token_instance].incoming.pop(r.request_id)
       self._finished(r, out)
     elif local:
-      r.phase = Phase.DECODING
+      r.phase = _DECODING
       inst.decoding[r.request_id] = r
     else:
-      r.phase = Phase.TRANSFERRING
+      r.phase = _TRANSFERRING
       out.transfers.append(r)
 
   def transfer_done(self, r: Request) -> None:
     """``r``'s KV reached its token instance: free the prompt side, queue for
     decode (oldest first)."""
-    if r.phase != Phase.TRANSFERRING:
+    if r.phase is not _TRANSFERRING:
       raise ValueError(f"request {r.request_id} is {r.phase.value}, not transferring")
     self._drop_held(self.by_name[r.prompt_instance], r)
-    r.phase = Phase.WAITING_DECODE
+    r.phase = _WAITING_DECODE
     q = self.by_name[r.token_instance].decode_queue
     keys = [(x.arrival_s, x.request_id) for x in q]
     q.insert(bisect.bisect(keys, (r.arrival_s, r.request_id)), r)
@@ -283,7 +288,7 @@ class Coordinator:
 
   @staticmethod
   def _finished(r: Request, out: Completion) -> None:
-    r.phase = Phase.FINISHED
+    r.phase = _FINISHED
     out.finished.append(r)
 
   # ---------------------------------------------------------------- state

@@ -33,6 +33,9 @@ from typing import Sequence
 
 from splitjax.scheduling.records import Instance, Role
 
+# Members as module constants: reading a global is cheaper than an Enum class attribute.
+_PROMPT, _TOKEN, _MIXED, _DOWN = Role.PROMPT, Role.TOKEN, Role.MIXED, Role.DOWN
+
 
 @dataclasses.dataclass(frozen=True)
 class RoleChange:
@@ -90,10 +93,12 @@ class MixedPool:
     for i in instances:
       i.watchers.append(self._stale)
 
-  def _refresh(self) -> None:
-    """Re-reads the loads of instances that changed since the last call."""
+  def _refresh(self) -> bool:
+    """Re-reads the loads of instances that changed since the last call;
+    whether any role or load differs from before."""
     loads, pending, pressure, count = self._loads, self._pending, self._pressure, self._count
-    prompt, token, mixed = Role.PROMPT, Role.TOKEN, Role.MIXED
+    moved = False
+    prompt, token, mixed = _PROMPT, _TOKEN, _MIXED
     for i in self._stale:
       role = i.role
       if role is prompt:                   # role slot k, pending p, token pressure q
@@ -103,11 +108,11 @@ class MixedPool:
       elif role is mixed:
         k, p, q = 2, i.pending_prompt_tokens, i.token_pressure
       else:
-        k, p, q = (4 if role is Role.DOWN else 3), 0, 0.0
+        k, p, q = (4 if role is _DOWN else 3), 0, 0.0
       old, new = loads.get(i), (k, p, q)
       if new == old:
         continue                           # unchanged: the sums stay as they are
-      loads[i] = new
+      loads[i], moved = new, True
       if old is None or old[0] != k:
         if old is not None:
           count[old[0]] -= 1
@@ -122,11 +127,12 @@ class MixedPool:
       pending[k] += p
       pressure[k] += q
     self._stale.clear()
+    return moved
 
   def _load(self, lender: Role, skip: Instance | None = None) -> float:
     """Pressure (mean load / limit) on the phase ``lender``'s instances are lent
     to, over that phase's own pool plus the mixed pool (minus ``skip``)."""
-    own = 0 if lender is Role.TOKEN else 1          # the phase's own pool; 2 = mixed
+    own = 0 if lender is _TOKEN else 1          # the phase's own pool; 2 = mixed
     n = self._count[own] + self._count[2] - (skip is not None)
     if n <= 0:
       return 0.0
@@ -146,28 +152,28 @@ class MixedPool:
 
   def _lost(self, lender: Role) -> bool:
     """The phase ``lender`` lends to has lost its whole own pool to faults."""
-    return bool(self._count[4]) and not self._count[0 if lender is Role.TOKEN else 1]
+    return bool(self._count[4]) and not self._count[0 if lender is _TOKEN else 1]
 
   def _wants(self, lender: Role) -> bool:
     """Whether to borrow (another) instance of ``lender``'s pool: pressure on
     the other phase (keeping one instance home), or that phase has nobody."""
-    k = 0 if lender is Role.PROMPT else 1                  # the lender's own pool
+    k = 0 if lender is _PROMPT else 1                  # the lender's own pool
     if self._count[k] > 1 and self._load(lender) > 1.0:
       return True
     return self._count[k] > 0 and self._lost(lender) and not self._count[2]
 
   def _quiet(self) -> bool:
-    """No mixed pool and no pressure: nothing to do (the common case). Bound."""
-    self._refresh()
+    """No mixed pool and no pressure: nothing to do (the common case). Bound,
+    loads refreshed; a function of the loads only."""
     count = self._count
-    if count[2] or (count[4] and (self._wants(Role.TOKEN) or self._wants(Role.PROMPT))):
+    if count[2] or (count[4] and (self._wants(_TOKEN) or self._wants(_PROMPT))):
       return False
     if count[0] and self._pending[0] / count[0] / self.prompt_limit > 1.0:
       return False                       # the same arithmetic as _load(TOKEN)
     bound = count[1] * self.kv_limit
     if bound and abs(self._pressure[1] - bound) > 1e-9 * bound:
       return self._pressure[1] <= bound  # clearly on one side (else exact below)
-    return self._load(Role.PROMPT) <= 1.0
+    return self._load(_PROMPT) <= 1.0
 
   # ---------------------------------------------------------------- policy
   def rebalance(self, instances: Sequence[Instance]) -> list[RoleChange]:
@@ -181,10 +187,13 @@ class MixedPool:
       if self.quiet:
         self._settled = True
         return []
-    else:
+    elif self._refresh() or not self.quiet:  # (quiet is a function of the loads)
       self.quiet = self._settled = self._quiet()
       if self.quiet:
         return []
+    else:                                # loads as they were when last found quiet
+      self._settled = True
+      return []
     changes: list[RoleChange] = []
     for lender in (Role.TOKEN, Role.PROMPT):
       key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN

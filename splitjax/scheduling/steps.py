@@ -20,6 +20,9 @@ from splitjax.scheduling.batchers import (ContinuousTokenBatcher, FCFSPromptBatc
                                           start_local_prefill)
 from splitjax.scheduling.records import Chunk, Instance, Work, WorkKind
 
+# Members as module constants: reading a global is cheaper than an Enum class attribute.
+_PREFILL, _DECODE, _MIXED = WorkKind.PREFILL, WorkKind.DECODE, WorkKind.MIXED
+
 
 class StepPolicy(Protocol):
   def next_work(self, inst: Instance, now: float) -> Work | None:
@@ -44,13 +47,13 @@ class _RepeatsDecode:
 
 def _prefill_work(inst: Instance, batch: list, now: float) -> Work:
   moves = tuple(r for r in batch if r.token_instance != inst.name and r.output_tokens > 1)
-  return Work(WorkKind.PREFILL, inst, prefill=tuple(batch), transfers=moves, started_s=now)
+  return Work(_PREFILL, inst, prefill=tuple(batch), transfers=moves, started_s=now)
 
 
 def _decode_work(inst: Instance, admitted: list, now: float) -> Work | None:
   if not inst.decoding:
     return None
-  return Work(WorkKind.DECODE, inst, admitted=tuple(admitted),
+  return Work(_DECODE, inst, admitted=tuple(admitted),
               decode=tuple(inst.decoding.values()), started_s=now)
 
 
@@ -154,5 +157,5 @@ class ChunkedColocatedStep(_RepeatsDecode):
       chunks.append(Chunk(r, 0, n))
       room -= n
     if chunks:
-      return Work(WorkKind.MIXED, inst, decode=decode, chunks=tuple(chunks), started_s=now)
+      return Work(_MIXED, inst, decode=decode, chunks=tuple(chunks), started_s=now)
     return _decode_work(inst, [], now)

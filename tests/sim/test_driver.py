@@ -2,6 +2,7 @@
 requests are conserved, KV memory is never over-committed, runs are deterministic."""
 
 import dataclasses
+import gc
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -107,6 +108,31 @@ def test_runs_are_deterministic_and_decode_depends_on_context():
   long_ctx, _ = _sim([RequestSpec(0, 0.0, 900, 50)], ClusterPolicy.SPLIT, False, True)
   short_ctx, _ = _sim([RequestSpec(0, 0.0, 10, 50)], ClusterPolicy.SPLIT, False, True)
   assert long_ctx.records[0].tbt_s > short_ctx.records[0].tbt_s
+
+
+@pytest.mark.parametrize("policy, mixed", POLICIES)
+@pytest.mark.parametrize("leap", [False, True])
+def test_a_run_leaves_no_reference_cycles_and_restores_the_collector(policy, mixed, leap):
+  # Simulator.run pauses the cyclic collector over its loop: that is only
+  # harmless if the loop leaves no garbage cycles behind.
+  cfg = SchedulerConfig(policy=policy, mixed_pool=mixed)
+  insts = make_instances(home_roles(cfg, 2, 2, 4), 4, 2048, 1024)
+  coord = Coordinator(insts, make_policies(cfg), max_prompt_tokens=1024)
+  transfer = lambda r, src, dst, prefill_s: (0.001, r.prompt_tokens * 8)
+  sim = Simulator(coord, {i.name: LinearModel() for i in insts}, transfer, leap=leap,
+                  keep_token_times=False)
+  specs = [RequestSpec(i, 0.002 * i, 50 + 37 * i % 800, 5 + i % 30) for i in range(120)]
+  gc.collect()
+  result = sim.run(specs)
+  assert gc.isenabled()
+  assert gc.collect() == 0
+  assert all(r.status is RequestStatus.COMPLETED for r in result.records)
+  gc.disable()
+  try:
+    Simulator(coord, sim.perf, transfer).run([])
+    assert not gc.isenabled()                   # left as it was
+  finally:
+    gc.enable()
 
 
 def test_leap_mode_skips_iterations():
