@@ -117,8 +117,11 @@ class RemoteExecutor:
     self._resumed[request] = resumed_ids(request, emitted)
 
   def retry_transfer(self, request: Request, now: float) -> None:
-    raise NotImplementedError("transfers across processes are not failed on purpose, so "
-                              "none is retried")
+    """Never called: no TransferFailed is ever reported here (a transfer that
+    cannot arrive is a dead peer, and ``transfer_faults`` refuses faults), so
+    a call is a driver bug and raises RuntimeError."""
+    raise RuntimeError(f"request {request.request_id}: no KV transfer failed across "
+                       "processes, so there is none to retry")
 
   def stop(self) -> None:
     """Tells every process the run is over."""
