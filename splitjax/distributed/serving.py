@@ -46,8 +46,8 @@ from splitjax.runtime.jax_executor import Replica
 from splitjax.runtime.loop import Run, RunResult, drive
 from splitjax.runtime.online import OnlineEngine
 from splitjax.runtime.online_types import EngineObserver, ModelLimits, OnlineLimits
-from splitjax.scheduling.coordinator import (Coordinator, home_roles, make_instances,
-                                             make_policies)
+from splitjax.runtime.cluster import scheduling_instances, warm_batch_sizes
+from splitjax.scheduling.coordinator import Coordinator, make_policies
 from splitjax.scheduling.records import Role
 from splitjax.serve_config import ServeConfig
 from splitjax.workload import RequestSpec, prompt_token_ids
@@ -103,13 +103,8 @@ class DistributedCluster:
             for pl in self.local for e in (self.engines[pl.name],)]
 
   def _coordinator(self) -> Coordinator:
-    c, s = self.cfg.cluster, self.cfg.scheduler
-    roles = home_roles(s, c.prompt_instances, c.token_instances, c.colocated_instances)
-    eng = next(iter(self.engines.values()))
-    cap = c.kv_capacity_tokens or eng.cfg.decode_slots * eng.max_cache_len
-    instances = make_instances(roles, eng.cfg.decode_slots, cap, eng.max_cache_len,
-                               s.kv_block_tokens)
-    return Coordinator(instances, make_policies(s), self.max_prompt_tokens)
+    instances = scheduling_instances(self.cfg, next(iter(self.engines.values())))
+    return Coordinator(instances, make_policies(self.cfg.scheduler), self.max_prompt_tokens)
 
   # ------------------------------------------------------------------ run
   def replay(self, specs: Sequence[RequestSpec], *,
@@ -204,8 +199,7 @@ class DistributedCluster:
         lw = (False, True) if transfer.use_layerwise(mode, t, eng.cfg.layerwise_min_tokens) \
             else (False,)
         if role == Role.PROMPT or s.mixed_pool:
-          most = max(1, min(4, s.max_prefill_batch, s.prompt_token_budget // t))
-          for b in (b for b in (1, 2, 4) if b <= most):
+          for b in warm_batch_sizes(s, t):
             for layerwise in lw:
               prefix = eng.prefill(rep.params, eng.make_batch([[0] * t] * b), rep.next_key(),
                                    layerwise=layerwise)

@@ -56,10 +56,7 @@ class Cluster:
 
   # ------------------------------------------------------------------ build
   def _instances(self):
-    e = self.engines[0]
-    cap = self.cfg.cluster.kv_capacity_tokens or e.cfg.decode_slots * e.max_cache_len
-    return make_instances(self.roles, e.cfg.decode_slots, cap, e.max_cache_len,
-                          self.cfg.scheduler.kv_block_tokens)
+    return scheduling_instances(self.cfg, self.engines[0])
 
   def _replicas(self) -> list[Replica]:
     key = jax.random.key(self.cfg.seed)
@@ -159,12 +156,7 @@ class Cluster:
     return len(buckets), time.perf_counter() - t0
 
   def _batch_sizes(self, t: int) -> list[int]:
-    """Padded prefill batch sizes warmed for prompts of bucket ``t``: powers of
-    two up to 4 that the token budget allows (larger batches are rare with
-    trace-like lengths and compile on first use)."""
-    s = self.cfg.scheduler
-    most = max(1, min(4, s.max_prefill_batch, s.prompt_token_budget // t))
-    return [b for b in (1, 2, 4) if b <= most]
+    return warm_batch_sizes(self.cfg.scheduler, t)
 
   def _warm_prefill(self, rep: Replica, t: int, dsts: list[Replica]) -> None:
     eng = rep.engine
@@ -211,6 +203,24 @@ class _CompileCounter:
     if event == self.EVENT:
       self.count += 1
       self.seconds += duration
+
+
+def scheduling_instances(cfg: ServeConfig, engine: Engine):
+  """The coordinator's instances of ``cfg`` (home roles, slots and KV capacity
+  of ``engine``, which every instance shares)."""
+  c, s = cfg.cluster, cfg.scheduler
+  roles = home_roles(s, c.prompt_instances, c.token_instances, c.colocated_instances)
+  cap = c.kv_capacity_tokens or engine.cfg.decode_slots * engine.max_cache_len
+  return make_instances(roles, engine.cfg.decode_slots, cap, engine.max_cache_len,
+                        s.kv_block_tokens)
+
+
+def warm_batch_sizes(scheduler, t: int) -> list[int]:
+  """Padded prefill batch sizes warmed for prompts of bucket ``t``: powers of
+  two up to 4 that the token budget allows (larger batches are rare with
+  trace-like lengths and compile on first use)."""
+  most = max(1, min(4, scheduler.max_prefill_batch, scheduler.prompt_token_budget // t))
+  return [b for b in (1, 2, 4) if b <= most]
 
 
 def instance_mesh_configs(cfg: ServeConfig) -> list[MeshConfig]:
