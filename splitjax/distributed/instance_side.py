@@ -126,16 +126,15 @@ class InstanceSide:
       if src.process == dst.process or src.process == self.me:
         continue      # in-process copy, or sent (or cancelled) by the launch above
       src_mesh, dst_mesh = self.meshes[src.name], self.meshes[dst.name]
-      r = self._request(ref)
+      tag = transfer_tag(ref.key, ref.request_id)
       if dst.process == self.me:
         rep = self.ex.replicas[dst.name]
         prefix = self.channel.receive(rep.engine.kv_layout, src.process, src_mesh, dst_mesh,
-                                      self.tag(r), None, self.timeout_s)
+                                      tag, None, self.timeout_s)
         if prefix is not None:
-          self.ex.expect(r, rep, prefix)
-      else:
-        self.channel.skip(src.process, src_mesh, dst.process, dst_mesh, self.tag(r),
-                          self.timeout_s)
+          self.ex.expect(self._request(ref), rep, prefix)
+      else:       # a bystander: keeps the transfer order, holds nothing for the request
+        self.channel.skip(src.process, src_mesh, dst.process, dst_mesh, tag, self.timeout_s)
 
   def _work(self, op: Op) -> Work:
     req = self._request
@@ -170,8 +169,8 @@ class InstanceSide:
     return self._sampling.get(r, _GREEDY)
 
   def tag(self, r: Request) -> str:
-    """Names the KV transfer of attempt ``r`` (checked by the receiver)."""
-    return f"kv/{self._keys[r]}/{r.request_id}"
+    """Names the KV transfer of local stand-in ``r`` (see :func:`transfer_tag`)."""
+    return transfer_tag(self._keys[r], r.request_id)
 
   # ------------------------------------------------------------------ events
   @property
@@ -192,3 +191,9 @@ class InstanceSide:
         out.append(Message(MessageKind.TRANSFER_DONE, key=self._keys[ev.request],
                            nbytes=ev.nbytes))
     return out
+
+
+def transfer_tag(key: int, request_id: int) -> str:
+  """Names the KV transfer of attempt ``key`` (checked by the receiver and the
+  bystanders against the sender's header)."""
+  return f"kv/{key}/{request_id}"
