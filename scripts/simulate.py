@@ -59,7 +59,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   ledger = accounting.simulator_ledger(sim)
-  sim.work_observers.append(ledger.observe)
+  sim.work_observers.append(ledger.observe_works)
   t1 = time.perf_counter()
   result = sim.run(specs)
   t2 = time.perf_counter()

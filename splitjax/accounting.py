@@ -2,7 +2,7 @@
 
 Pure Python + numpy, no jax. Drivers report every finished iteration to an
 :class:`EnergyLedger` (a work observer: ``ledger.observe(instance_index, work, start_s,
-end_s)``); the power and price of each instance are given as
+end_s)``, or ``observe_works`` for a batch of them); the power and price of each instance are given as
 :class:`InstanceRates`. :meth:`EnergyLedger.account` turns the iterations, the
 run's length and the request records into a :class:`RunAccount` (records in
 :mod:`splitjax.accounts`).
@@ -95,6 +95,12 @@ class EnergyLedger:
       self._flush()
 
   __call__ = observe
+
+  def observe_works(self, works: Sequence[tuple[int, Work, float, float]]) -> None:
+    """:meth:`observe` for each ``(index, work, start_s, end_s)`` of ``works``
+    (the simulator's batched work observer, ``Simulator.work_observers``)."""
+    self._buffer.extend(works)
+    self._flush()
 
   def _flush(self) -> None:
     """Moves the buffered iterations into the arrays: rows are a work's
@@ -326,7 +332,7 @@ def simulator_ledger(sim, prices_usd_per_hour: Mapping[str, float] | None = None
   """A ledger for ``sim``'s instances (``sim.coord.instances``, ``sim.perf``):
   power from each perf model; price from ``prices_usd_per_hour`` (instance name
   -> $/h) or else the catalog price of the perf model's machine x the instance's
-  share of it. Add ``ledger.observe`` to ``sim.work_observers`` before ``sim.run``."""
+  share of it. Add ``ledger.observe_works`` to ``sim.work_observers`` before ``sim.run``."""
   rates = []
   for inst in sim.coord.instances:
     perf = sim.perf[inst.name]

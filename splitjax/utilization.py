@@ -17,10 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from splitjax.scheduling.records import Instance, WorkKind
+from splitjax.scheduling.records import Instance, Work, WorkKind
 
 _KINDS = tuple(WorkKind)
 assert len(_KINDS) == 3, "BusyLedger.add codes three kinds of work"
+_COLUMN = {k: j for j, k in enumerate(_KINDS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,14 @@ class BusyLedger:
     self._codes.append(index * 3 + j)
     self._starts.append(start_s)
     self._ends.append(end_s)
+
+  def add_works(self, works: Sequence[tuple[int, Work, float, float]]) -> None:
+    """:meth:`add` for each ``(index, work, start_s, end_s)`` of ``works``, in bulk
+    (a simulator's work observer)."""
+    column = _COLUMN
+    self._codes.extend([index * 3 + column[work.kind] for index, work, _, _ in works])
+    self._starts.extend([start for _, _, start, _ in works])
+    self._ends.extend([end for _, _, _, end in works])
 
   def _arrays(self):
     return (np.frombuffer(self._codes, dtype=np.int64) if self._codes else np.zeros(0, np.int64),

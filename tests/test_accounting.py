@@ -235,7 +235,7 @@ def _simulate(specs, policy, mixed, leap):
   sim = Simulator(coord, {i.name: PhaseModel() for i in insts}, transfer, leap=leap,
                   sample_every_s=0.05)
   ledger = accounting.simulator_ledger(sim, {i.name: 3.6 for i in insts})
-  sim.work_observers.append(ledger.observe)
+  sim.work_observers.append(ledger.observe_works)
   result = sim.run(specs)
   return sim, ledger, result
 
@@ -287,7 +287,7 @@ def _one_request_config(tmp_path, hardware):
 def test_a_built_simulation_is_priced_from_the_catalog(tmp_path):
   sim, specs = build(_one_request_config(tmp_path, "dgx-h100"))
   ledger = accounting.simulator_ledger(sim)
-  sim.work_observers.append(ledger.observe)
+  sim.work_observers.append(ledger.observe_works)
   result = sim.run(specs)
   acc = ledger.account(result.summary.wall_s, result.records)
   (rec,) = result.records

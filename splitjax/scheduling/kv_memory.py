@@ -33,6 +33,7 @@ class KVMemory:
     if self.capacity_tokens <= 0 or self.block_tokens <= 0:
       raise ValueError("capacity_tokens and block_tokens must be positive")
     self.total_blocks = self.capacity_tokens // self.block_tokens   # capacity is fixed
+    self.total_tokens = self.total_blocks * self.block_tokens        # ... in whole blocks
     self.notify = lambda: None      # called after every change (Instance change tracking)
 
   @property

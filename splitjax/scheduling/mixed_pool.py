@@ -96,38 +96,60 @@ class MixedPool:
   def _refresh(self) -> bool:
     """Re-reads the loads of instances that changed since the last call;
     whether any role or load differs from before."""
-    loads, pending, pressure, count = self._loads, self._pending, self._pressure, self._count
-    moved = False
-    prompt, token, mixed = _PROMPT, _TOKEN, _MIXED
+    loads, moved = self._loads, False
     for i in self._stale:
-      role = i.role
-      if role is prompt:                   # role slot k, pending p, token pressure q
-        k, p, q = 0, i.pending_prompt_tokens, 0.0
-      elif role is token:
-        k, p, q = 1, 0, i.token_pressure
-      elif role is mixed:
-        k, p, q = 2, i.pending_prompt_tokens, i.token_pressure
-      else:
-        k, p, q = (4 if role is _DOWN else 3), 0, 0.0
-      old, new = loads.get(i), (k, p, q)
-      if new == old:
-        continue                           # unchanged: the sums stay as they are
-      loads[i], moved = new, True
-      if old is None or old[0] != k:
-        if old is not None:
-          count[old[0]] -= 1
-        count[k] += 1
-        if k == 2:
-          self._mixed.add(i)
-        else:
-          self._mixed.discard(i)
-      if old is not None:
-        pending[old[0]] -= old[1]
-        pressure[old[0]] -= old[2]
-      pending[k] += p
-      pressure[k] += q
+      role, old = i.role, loads.get(i)
+      # The common cases first: a prompt / token instance that kept its role
+      # (only its own load can have moved; the same arithmetic as below).
+      if role is _PROMPT and old is not None and old[0] == 0:
+        p = i.prompt_queue.tokens + i.prefilling.tokens
+        if p != old[1]:
+          pending = self._pending
+          pending[0] -= old[1]
+          pending[0] += p
+          loads[i], moved = (0, p, 0.0), True
+        continue
+      if role is _TOKEN and old is not None and old[0] == 1:
+        q = i.token_pressure
+        if q != old[2]:
+          pressure = self._pressure
+          pressure[1] -= old[2]
+          pressure[1] += q
+          loads[i], moved = (1, 0, q), True
+        continue
+      moved = self._reload(i, role, old) or moved
     self._stale.clear()
     return moved
+
+  def _reload(self, i: Instance, role: Role, old: tuple | None) -> bool:
+    """Re-reads ``i``'s load under ``role`` (its cached one: ``old``); whether it moved."""
+    if role is _PROMPT:                    # role slot k, pending p, token pressure q
+      k, p, q = 0, i.pending_prompt_tokens, 0.0
+    elif role is _TOKEN:
+      k, p, q = 1, 0, i.token_pressure
+    elif role is _MIXED:
+      k, p, q = 2, i.pending_prompt_tokens, i.token_pressure
+    else:
+      k, p, q = (4 if role is _DOWN else 3), 0, 0.0
+    new = (k, p, q)
+    if new == old:
+      return False                         # unchanged: the sums stay as they are
+    pending, pressure, count = self._pending, self._pressure, self._count
+    self._loads[i] = new
+    if old is None or old[0] != k:
+      if old is not None:
+        count[old[0]] -= 1
+      count[k] += 1
+      if k == 2:
+        self._mixed.add(i)
+      else:
+        self._mixed.discard(i)
+    if old is not None:
+      pending[old[0]] -= old[1]
+      pressure[old[0]] -= old[2]
+    pending[k] += p
+    pressure[k] += q
+    return True
 
   def _load(self, lender: Role, skip: Instance | None = None) -> float:
     """Pressure (mean load / limit) on the phase ``lender``'s instances are lent

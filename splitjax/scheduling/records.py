@@ -271,7 +271,8 @@ class Instance:
   @property
   def token_load(self) -> int:
     """Router's load measure for token instances: KV in use + reserved."""
-    return self.kv.used_tokens + self.reserved_tokens
+    kv = self.kv
+    return kv.used_blocks * kv.block_tokens + self.incoming.tokens
 
   @property
   def token_pressure(self) -> float:
@@ -280,10 +281,9 @@ class Instance:
     bind first with short requests on a dense per-slot cache, KV with long
     ones on a paged one; comparing tokens alone would send work to an
     instance whose slots are all taken."""
-    kv = self.kv
-    load = kv.used_blocks * kv.block_tokens + self.incoming.tokens
-    return max(load / (kv.total_blocks * kv.block_tokens),
-               (len(self.decoding) + len(self.incoming)) / self.decode_slots)
+    kv, incoming = self.kv, self.incoming
+    return max((kv.used_blocks * kv.block_tokens + incoming.tokens) / kv.total_tokens,
+               (len(self.decoding) + len(incoming)) / self.decode_slots)
 
   @property
   def outstanding(self) -> int:

@@ -103,9 +103,12 @@ class Simulator:
     self.keep_token_times = keep_token_times
     self.gaps = GapSample()
     self.busy = BusyLedger(coord.instances, sample_every_s)
-    # Called as f(instance index, work, start_s, end_s) after every finished
-    # iteration (``work.steps`` decode steps for a leap), e.g. an energy ledger.
-    self.work_observers: list[Callable[[int, Work, float, float], None]] = []
+    # Called with batches of finished iterations, each (instance index, work,
+    # start_s, end_s) (``work.steps`` decode steps for a leap): every iteration
+    # once, in the order they ended, all of them before ``run`` returns; e.g.
+    # an energy ledger's ``observe_works`` (the list is reused: copy what you keep).
+    self.work_observers: list[Callable[[list[tuple[int, Work, float, float]]], None]] = []
+    self._works: list[tuple[int, Work, float, float]] = []     # not yet observed
     self._heap: list = []
     self._seq = itertools.count()
     self._running: dict[Instance, _Running] = {}
@@ -132,6 +135,7 @@ class Simulator:
     arrivals = sorted(specs, key=lambda s: (s.arrival_s, s.request_id))
     with _collector_paused():
       timeline = self._loop(arrivals, stop)
+    self._observe_works()
     self._fail_leftovers()
     records = [self.records[k] for k in sorted(self.records)]
     timeline.append(pool_sample(self.coord, self.now))
@@ -170,6 +174,7 @@ class Simulator:
 
   def _sample(self, timeline: list, next_sample: float, t: float, stop) -> float:
     """Occupancy samples due up to ``t`` (asking ``stop`` at each); the next one's time."""
+    self._observe_works()
     while next_sample <= t:
       timeline.append(pool_sample(self.coord, next_sample))
       if stop is not None and stop(next_sample):
@@ -177,6 +182,17 @@ class Simulator:
         break
       next_sample += self.sample_every_s
     return next_sample
+
+  def _observe_works(self) -> None:
+    """Hands the iterations finished since the last call to the busy ledger and
+    the work observers (at each occupancy sample and at the end: one list
+    append per iteration in the loop, the ledgers' arrays grow in bulk)."""
+    works = self._works
+    if works:
+      self.busy.add_works(works)
+      for observe in self.work_observers:
+        observe(works)
+      works.clear()
 
   def _settle(self, touched: Sequence[Instance]) -> None:
     """Asks the instances an event touched for work (in cluster order), then
@@ -219,10 +235,7 @@ class Simulator:
     inst = work.instance
     run = self._running.pop(inst)
     ends, first, last, start = run.ends, run.first, run.last, work.started_s
-    index = self._index[inst]
-    self.busy.add(index, work.kind, start, last)
-    for observe in self.work_observers:
-      observe(index, work, start, last)
+    self._works.append((self._index[inst], work, start, last))
     done = self.coord.complete(work)
     records = self.records
     if work.decode:
