@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,report,server]'
+	$(PY) -m compileall -q splitjax > /dev/null
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import traceback
+from typing import Callable
 
 
 def use_cpu_devices(n: int) -> None:
@@ -78,3 +81,35 @@ def define_config(default: str, help_text: str):
 def _one_line(e: Exception) -> str:
   """ml_collections wraps its messages in repr quotes with escaped newlines."""
   return str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"').replace("\\'", "'")
+
+
+def in_background(write: Callable[[], None]) -> Callable[[], None]:
+  """Runs ``write()`` (e.g. writing result files from data already in memory)
+  in a forked child process, on another core, while the caller goes on; returns
+  ``wait()``, which blocks until the child ended and raises RuntimeError if
+  ``write`` failed there (its traceback goes to stderr). Where processes cannot
+  fork, ``write()`` runs at once and ``wait()`` does nothing. ``write`` must
+  only write files: the child's other effects are lost when it exits."""
+  if not hasattr(os, "fork"):
+    write()
+    return lambda: None
+  sys.stdout.flush()
+  sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:                      # the child: write, then leave without cleanup
+    code = 0
+    try:
+      write()
+    except BaseException:           # noqa: BLE001 - reported to the parent by the exit code
+      traceback.print_exc()
+      code = 1
+    finally:
+      sys.stderr.flush()
+      os._exit(code)
+
+  def wait() -> None:
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+      raise RuntimeError(f"writing in the background failed (exit status {status})")
+
+  return wait

@@ -1,0 +1,24 @@
+"""splitjax.cli helpers that scripts share."""
+
+import os
+
+import pytest
+
+from splitjax import cli
+
+
+def test_in_background_writes_the_file_before_wait_returns(tmp_path):
+  path = tmp_path / "out.txt"
+  wait = cli.in_background(lambda: path.write_text("written by the child"))
+  wait()
+  assert path.read_text() == "written by the child"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="writes inline where processes cannot fork")
+def test_in_background_reports_a_failed_write():
+  def fail():
+    raise OSError("disk full")
+
+  wait = cli.in_background(fail)
+  with pytest.raises(RuntimeError, match="failed"):
+    wait()
