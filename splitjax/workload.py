@@ -106,7 +106,10 @@ def select(specs: Sequence[RequestSpec], *, start_s: float = 0.0, duration_s: fl
     if max_context is not None:
       prompt = min(prompt, max_context - 1)
       output = min(output, max_context - prompt)
-    out.append(RequestSpec(i, (s.arrival_s - start_s) / rate_scale, prompt, output))
+    arrival = (s.arrival_s - start_s) / rate_scale
+    same = (i, arrival, prompt, output) == (s.request_id, s.arrival_s, s.prompt_tokens,
+                                            s.output_tokens)
+    out.append(s if same else RequestSpec(i, arrival, prompt, output))   # specs are frozen
   return out
 
 
