@@ -69,9 +69,10 @@ class EnergyLedger:
   each instance's power and price in ``rates`` (same order). ``observe`` (also
   the ledger itself) is a work observer: it buffers ``(index, work, start,
   end)``; every ``_FLUSH`` iterations (and before any read) the buffer becomes
-  typed arrays: a code, start and end per iteration, an id and a token count
-  per row. A buffered Work must not change after it was observed (drivers
-  report finished works)."""
+  typed arrays: a code, start and end per iteration; per kind of row (whole
+  prompts, prompt chunks, decode rows) a count per iteration and an id and a
+  token count per row. A buffered Work must not change after it was observed
+  (drivers report finished works)."""
 
   _FLUSH = 4096
 
@@ -82,8 +83,9 @@ class EnergyLedger:
     self.homes = [i.home for i in instances]
     self.rates = list(rates)
     self._codes, self._starts, self._ends = array.array("q"), array.array("d"), array.array("d")
-    self._row_ends = array.array("q")          # rows of iterations 0..k end here
-    self._ids, self._tokens = array.array("q"), array.array("q")
+    # Per kind of row (prefill, chunk, decode): rows per iteration, request id
+    # and tokens per row.
+    self._rows = tuple(tuple(array.array("q") for _ in range(3)) for _ in range(3))
     self._buffer: list[tuple[int, Work, float, float]] = []
 
   def observe(self, index: int, work: Work, start_s: float, end_s: float) -> None:
@@ -99,29 +101,28 @@ class EnergyLedger:
   def observe_works(self, works: Sequence[tuple[int, Work, float, float]]) -> None:
     """:meth:`observe` for each ``(index, work, start_s, end_s)`` of ``works``
     (the simulator's batched work observer, ``Simulator.work_observers``)."""
-    self._buffer.extend(works)
-    self._flush()
+    buffer = self._buffer
+    buffer.extend(works)
+    if len(buffer) >= self._FLUSH:
+      self._flush()
 
   def _flush(self) -> None:
-    """Moves the buffered iterations into the arrays: rows are a work's
-    prefills, then its chunks, then its decode rows (``steps`` tokens each)."""
-    buffer, ids, tokens, row_ends = self._buffer, self._ids, self._tokens, self._row_ends
-    column = _KIND_COLUMN
+    """Moves the buffered iterations into the arrays (one pass per column)."""
+    buffer, column = self._buffer, _KIND_COLUMN
     self._codes.extend([index * 3 + column[work.kind] for index, work, _, _ in buffer])
     self._starts.extend([start for _, _, start, _ in buffer])
     self._ends.extend([end for _, _, _, end in buffer])
-    for _, work, _, _ in buffer:
-      if work.prefill:
-        ids.extend([r.request_id for r in work.prefill])
-        tokens.extend([r.prompt_tokens for r in work.prefill])
-      if work.chunks:
-        ids.extend([c.request.request_id for c in work.chunks])
-        tokens.extend([c.end - c.start for c in work.chunks])
-      decode = work.decode
-      if decode:
-        ids.extend([r.request_id for r in decode])
-        tokens.extend([work.steps] * len(decode))
-      row_ends.append(len(ids))
+    works = [work for _, work, _, _ in buffer]
+    (pc, pi, pt), (cc, ci, ct), (dc, di, dt) = self._rows
+    pc.extend([len(w.prefill) for w in works])            # whole prompts: prompt tokens
+    pi.extend([r.request_id for w in works for r in w.prefill])
+    pt.extend([r.prompt_tokens for w in works for r in w.prefill])
+    cc.extend([len(w.chunks) for w in works])             # chunks: chunk tokens
+    ci.extend([c.request.request_id for w in works for c in w.chunks])
+    ct.extend([c.end - c.start for w in works for c in w.chunks])
+    dc.extend([len(w.decode) for w in works])             # decode rows: one token per step
+    di.extend([r.request_id for w in works for r in w.decode])
+    dt.extend([w.steps for w in works for _ in w.decode])
     buffer.clear()
 
   @property
@@ -162,11 +163,11 @@ class EnergyLedger:
   def _requests(self, codes, energy, cost) -> tuple[RequestAccounts, tuple[float, float]]:
     """Each iteration's energy and cost split over its rows by tokens."""
     self._flush()
-    ids = np.array(self._ids, np.int64)
-    tokens = np.array(self._tokens, np.float64)
-    row_ends = np.array(self._row_ends, np.int64)
-    rows = np.diff(row_ends, prepend=0)
-    it = np.repeat(np.arange(len(codes)), rows)               # iteration of each row
+    iterations = np.arange(len(codes))
+    it = np.concatenate([np.repeat(iterations, np.array(counts, np.int64))  # row -> iteration
+                         for counts, _, _ in self._rows])
+    ids = np.concatenate([np.array(ids, np.int64) for _, ids, _ in self._rows])
+    tokens = np.concatenate([np.array(t, np.float64) for _, _, t in self._rows])
     per_iter = np.bincount(it, weights=tokens, minlength=len(codes))
     empty = per_iter <= 0
     weight = tokens / np.where(empty, 1.0, per_iter)[it]

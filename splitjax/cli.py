@@ -89,7 +89,8 @@ def in_background(write: Callable[[], None]) -> Callable[[], None]:
   ``wait()``, which blocks until the child ended and raises RuntimeError if
   ``write`` failed there (its traceback goes to stderr). Where processes cannot
   fork, ``write()`` runs at once and ``wait()`` does nothing. ``write`` must
-  only write files: the child's other effects are lost when it exits."""
+  only write files: the child's other effects are lost when it exits. For
+  processes without threads (e.g. the simulator's, which never imports jax)."""
   if not hasattr(os, "fork"):
     write()
     return lambda: None

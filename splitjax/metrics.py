@@ -131,7 +131,7 @@ class GapSample:
   per stored value + 16 per run). Percentiles equal ``np.percentile``
   (linear) over the expanded multiset."""
 
-  _EXPAND = 1 << 25          # expand up to this many gaps (256 MiB), else sort runs
+  _BINS = 4096               # percentiles: bins of values, only the wanted ones sorted
 
   def __init__(self):
     self._values = array.array("d")
@@ -153,26 +153,48 @@ class GapSample:
       self._weights.append(weight)
 
   def percentiles(self) -> "Percentiles":
+    """p50 / p90 / p99 (linear, as ``np.percentile`` over the expanded multiset,
+    float for float), the mean (``dot(values, weights) / count``) and the count."""
     if not self._values:
       return Percentiles(math.nan, math.nan, math.nan, math.nan, 0)
     v = np.frombuffer(self._values, dtype=np.float64)
-    w = np.repeat(np.frombuffer(self._weights, dtype=np.int64),
+    # Weights as floats: whole numbers, exact (sums below 2 ** 53).
+    w = np.repeat(np.frombuffer(self._weights, dtype=np.int64).astype(np.float64),
                   np.frombuffer(self._lengths, dtype=np.int64))
     n = int(w.sum())
-    if n <= self._EXPAND:
-      gaps = np.repeat(v, w)          # a new array: ours to reorder
-      mean = float(gaps.mean())       # (before partitioning: the sum's order)
-      virtual, lo, hi = _linear_ranks(n)
-      gaps.partition(sorted({*lo.tolist(), *hi.tolist()}))
-      p50, p90, p99 = _lerp(virtual, lo, gaps[lo], gaps[hi])
-      return Percentiles(float(p50), float(p90), float(p99), mean, n)
-    order = np.argsort(v, kind="stable")
-    v, w = v[order], w[order]
-    cum = np.cumsum(w)
     virtual, lo, hi = _linear_ranks(n)
-    at = lambda i: v[np.searchsorted(cum, i, side="right")]     # i-th smallest
-    p50, p90, p99 = _lerp(virtual, lo, at(lo), at(hi))
-    return Percentiles(float(p50), float(p90), float(p99), float(np.dot(v, w)) / n, n)
+    at = _ranked(v, w, sorted({*lo.tolist(), *hi.tolist()}), self._BINS)
+    p50, p90, p99 = _lerp(virtual, lo, np.array([at[k] for k in lo.tolist()]),
+                          np.array([at[k] for k in hi.tolist()]))
+    mean = float(np.dot(v, w)) / n
+    return Percentiles(float(p50), float(p90), float(p99), mean, n)
+
+
+def _ranked(v: np.ndarray, w: np.ndarray, ranks: list[int], bins: int = 4096) -> dict[int, float]:
+  """The ``k``-th smallest (0-based) of the multiset holding each ``v[i]``
+  ``w[i]`` times (``w`` > 0), for each ``k`` of ``ranks``, without expanding it:
+  values are binned by a monotone map of their size, the bins' weights summed,
+  and only the bins holding a wanted rank are looked into (sorted if small,
+  else binned again)."""
+  small, large = float(v.min()), float(v.max())
+  if small == large:
+    return {k: small for k in ranks}
+  if len(v) <= bins:                                    # small: sort it
+    order = np.argsort(v, kind="stable")
+    values, cum = v[order], np.cumsum(w[order])
+    return {k: float(values[np.searchsorted(cum, k, side="right")]) for k in ranks}
+  scaled = v - small
+  scaled *= (bins - 1) / (large - small)
+  idx = scaled.astype(np.intp)                          # non-decreasing in v
+  counts = np.cumsum(np.bincount(idx, weights=w, minlength=bins)).astype(np.int64)
+  out: dict[int, float] = {}
+  for b in sorted(set(np.searchsorted(counts, ranks, side="right").tolist())):
+    before, after = (int(counts[b - 1]) if b else 0), int(counts[b])
+    inside = [k for k in ranks if before <= k < after]
+    mask = idx == b
+    found = _ranked(v[mask], w[mask], [k - before for k in inside], bins)
+    out.update({k: found[k - before] for k in inside})
+  return out
 
 
 _QUANTILES = np.array([50, 90, 99]) / 100

@@ -6,6 +6,10 @@ import pytest
 
 from splitjax import cli
 
+# The test process has JAX loaded (other tests), which warns at any fork; the
+# children here only write a file.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
 
 def test_in_background_writes_the_file_before_wait_returns(tmp_path):
   path = tmp_path / "out.txt"

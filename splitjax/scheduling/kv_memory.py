@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from splitjax.scheduling.tally import Tally
+
 
 class KVMemoryError(RuntimeError):
   """An allocation that does not fit, or a double allocate / free."""
@@ -35,6 +37,7 @@ class KVMemory:
     self.total_blocks = self.capacity_tokens // self.block_tokens   # capacity is fixed
     self.total_tokens = self.total_blocks * self.block_tokens        # ... in whole blocks
     self.notify = lambda: None      # called after every change (Instance change tracking)
+    self.tally = Tally()            # tokens of the blocks held, added as they change
 
   @property
   def free_blocks(self) -> int:
@@ -63,6 +66,7 @@ class KVMemory:
                           f"{self.free_blocks} free")
     self._held[request_id] = blocks
     self.used_blocks += blocks
+    self.tally.value += blocks * self.block_tokens
     self.notify()
 
   def free(self, request_id: int) -> None:
@@ -70,6 +74,7 @@ class KVMemory:
     if blocks is None:
       raise KVMemoryError(f"request {request_id} holds no KV memory")
     self.used_blocks -= blocks
+    self.tally.value -= blocks * self.block_tokens
     self.notify()
 
   def holds(self, request_id: int) -> bool:

@@ -32,6 +32,7 @@ import math
 from typing import Sequence
 
 from splitjax.scheduling.records import Instance, Role
+from splitjax.scheduling.tally import Tally
 
 # Members as module constants: reading a global is cheaper than an Enum class attribute.
 _PROMPT, _TOKEN, _MIXED, _DOWN = Role.PROMPT, Role.TOKEN, Role.MIXED, Role.DOWN
@@ -56,6 +57,16 @@ class MixedPool:
   (``math.fsum`` of the cached values) whenever the running float sum is
   within rounding of a threshold, so every decision is a pure function of the
   cluster state.
+
+  The common case costs O(1) per call: the instances also add every change of
+  their loads to cluster-wide tallies (``Instance.feed``: pending prompt tokens
+  of the prompt pool; KV tokens and requests of the token pool). While the
+  pool is quiet, no instance that changed has a new role, and the tallies
+  leave clear room under both limits (token pressure bounded from above by
+  the KV and request fractions summed, each over the largest per-instance
+  factor), the answer is "still quiet" without re-reading any instance; the
+  per-instance loads are re-read, all at once, the next time the room is not
+  clear.
   """
 
   def __init__(self, borrow_prompt_tokens: int, borrow_kv_fraction: float):
@@ -73,6 +84,14 @@ class MixedPool:
     # 3 colocated, 4 down.
     self._pending, self._pressure, self._count = [0] * 5, [0.0] * 5, [0] * 5
     self._mixed: set[Instance] = set()
+    # Cluster sums the instances keep up to date (Instance.feed): pending prompt
+    # tokens of prompt + mixed instances, KV tokens and requests of token +
+    # mixed ones; the rest feed ``_ignored``. ``_fed``: the role each feeds as.
+    self._prompt_sum, self._kv_sum, self._rows_sum = Tally(), Tally(), Tally()
+    self._ignored = Tally()
+    self._fed: dict[Instance, Role] = {}
+    self._inv_cap = self._inv_slots = 0.0  # the largest 1 / KV tokens, 1 / decode slots
+    self._fresh = True               # ``_loads`` holds every instance's load (see rebalance)
     self._settled = False            # the last call changed nothing, and nothing changed since
     # The last rebalance found no mixed pool and no pressure (changed nothing,
     # not even ``returning`` flags).
@@ -92,6 +111,38 @@ class MixedPool:
     self.quiet = False
     for i in instances:
       i.watchers.append(self._stale)
+      self._feed(i, i.role)
+    self._inv_cap = max((1.0 / i.kv.total_tokens for i in instances), default=0.0)
+    self._inv_slots = max((1.0 / max(i.decode_slots, 1) for i in instances), default=0.0)
+
+  def _feed(self, i: Instance, role: Role) -> None:
+    """Points ``i``'s tallies at the cluster sums its ``role`` counts in."""
+    prompt = role is _PROMPT or role is _MIXED
+    token = role is _TOKEN or role is _MIXED
+    ignored = self._ignored
+    i.feed(self._prompt_sum if prompt else ignored, self._kv_sum if token else ignored,
+           self._rows_sum if token else ignored)
+    self._fed[i] = role
+
+  def _surely_quiet(self) -> bool:
+    """Quiet whatever the changed instances' loads are now (O(changes) role
+    checks, O(1) otherwise): no role changed since the loads were last read, no
+    mixed or down instance, and the tallies leave clear room under both
+    limits (see the class docstring)."""
+    fed = self._fed
+    for i in self._stale:
+      if i.role is not fed[i]:
+        return False
+    count = self._count
+    if count[2] or count[4]:
+      return False
+    if count[0] and self._prompt_sum.value > count[0] * self.prompt_limit:
+      return False                       # (integers: as exact as _quiet)
+    if count[1]:                         # sum of max(kv, rows) <= sum kv + sum rows
+      upper = self._kv_sum.value * self._inv_cap + self._rows_sum.value * self._inv_slots
+      if upper > count[1] * self.kv_limit * (1.0 - 1e-6):
+        return False
+    return True
 
   def _refresh(self) -> bool:
     """Re-reads the loads of instances that changed since the last call;
@@ -123,6 +174,8 @@ class MixedPool:
 
   def _reload(self, i: Instance, role: Role, old: tuple | None) -> bool:
     """Re-reads ``i``'s load under ``role`` (its cached one: ``old``); whether it moved."""
+    if self._fed.get(i) is not role:
+      self._feed(i, role)
     if role is _PROMPT:                    # role slot k, pending p, token pressure q
       k, p, q = 0, i.pending_prompt_tokens, 0.0
     elif role is _TOKEN:
@@ -203,19 +256,29 @@ class MixedPool:
     self.flags_changed = False
     if self._bound is not instances:
       self._bind(instances)
-    if not self._stale:                  # nothing changed since the last call
+    stale = self._stale
+    if not stale:                        # nothing changed since the last call
       if self._settled:
         return []                        # ... which reached a fixed point
       if self.quiet:
         self._settled = True
         return []
-    elif self._refresh() or not self.quiet:  # (quiet is a function of the loads)
-      self.quiet = self._settled = self._quiet()
-      if self.quiet:
-        return []
-    else:                                # loads as they were when last found quiet
+    elif self.quiet and self._surely_quiet():
+      stale.clear()                      # their loads are re-read when next needed
+      self._fresh = False
       self._settled = True
       return []
+    else:
+      if not self._fresh:                # loads skipped while surely quiet: re-read all
+        stale.update(self._bound)
+        self._fresh = True
+      if self._refresh() or not self.quiet:  # (quiet is a function of the loads)
+        self.quiet = self._settled = self._quiet()
+        if self.quiet:
+          return []
+      else:                              # loads as they were when last found quiet
+        self._settled = True
+        return []
     changes: list[RoleChange] = []
     for lender in (Role.TOKEN, Role.PROMPT):
       key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN

@@ -16,6 +16,7 @@ import heapq
 import operator
 
 from splitjax.scheduling.kv_memory import KVMemory
+from splitjax.scheduling.tally import Tally
 
 
 class Role(enum.Enum):
@@ -82,27 +83,34 @@ class Request:
 
 class TokenDeque(collections.deque):
   """A deque of requests that keeps ``tokens`` = the sum of ``weight(request)``
-  over its items, so load measures cost O(1) instead of a walk of the queue."""
+  over its items, so load measures cost O(1) instead of a walk of the queue.
+  Every change of ``tokens`` is also added to ``tally`` (see :meth:`Instance.feed`)."""
 
   def __init__(self, weight):
     super().__init__()
     self.weight, self.tokens = weight, 0
+    self.tally = Tally()
     self.notify = _nothing      # called after every change (Instance change tracking)
+
+  def _grew(self, w: int) -> None:
+    self.tokens += w
+    self.tally.value += w
+    self.notify()
 
   def append(self, r):
     super().append(r)
-    self.tokens += self.weight(r)
+    w = self.weight(r)
+    self.tokens += w
+    self.tally.value += w
     self.notify()
 
   def appendleft(self, r):
     super().appendleft(r)
-    self.tokens += self.weight(r)
-    self.notify()
+    self._grew(self.weight(r))
 
   def insert(self, i, r):
     super().insert(i, r)
-    self.tokens += self.weight(r)
-    self.notify()
+    self._grew(self.weight(r))
 
   def extend(self, rs):
     for r in rs:
@@ -110,60 +118,73 @@ class TokenDeque(collections.deque):
 
   def popleft(self):
     r = super().popleft()
-    self.tokens -= self.weight(r)
+    w = self.weight(r)
+    self.tokens -= w
+    self.tally.value -= w
     self.notify()
     return r
 
   def pop(self):
     r = super().pop()
-    self.tokens -= self.weight(r)
-    self.notify()
+    self._grew(-self.weight(r))
     return r
 
   def remove(self, r):
     super().remove(r)
-    self.tokens -= self.weight(r)
-    self.notify()
+    self._grew(-self.weight(r))
 
   def clear(self):
     super().clear()
-    self.tokens = 0
-    self.notify()
+    self._grew(-self.tokens)
 
 
 class TokenDict(dict):
   """request id -> request, keeping ``tokens`` = the sum of ``weight(request)``
   as it was when each entry was (re)weighed; call :meth:`reweigh` after a
-  change to a request that alters its weight."""
+  change to a request that alters its weight. Every change is also added to
+  ``tally`` (tokens) and ``rows`` (entries), see :meth:`Instance.feed`."""
 
   def __init__(self, weight):
     super().__init__()
     self.weight, self.tokens, self._w = weight, 0, {}
+    self.tally, self.rows = Tally(), Tally()
     self.notify = _nothing      # called after every change (Instance change tracking)
 
   def __setitem__(self, key, r):
-    self.tokens -= self._w.get(key, 0)
+    old = self._w.get(key)
     self._w[key] = w = self.weight(r)
+    if old is None:
+      self.rows.value += 1
+    else:
+      w -= old
     self.tokens += w
+    self.tally.value += w
     super().__setitem__(key, r)
+    self.notify()
+
+  def _dropped(self, key) -> None:
+    w = self._w.pop(key)
+    self.tokens -= w
+    self.tally.value -= w
+    self.rows.value -= 1
     self.notify()
 
   def __delitem__(self, key):
     super().__delitem__(key)
-    self.tokens -= self._w.pop(key)
-    self.notify()
+    self._dropped(key)
 
   def pop(self, key, *default):
     if key in self:
       r = super().pop(key)
-      self.tokens -= self._w.pop(key)
-      self.notify()
+      self._dropped(key)
       return r
     if default:
       return default[0]
     raise KeyError(key)
 
   def clear(self):
+    self.tally.value -= self.tokens
+    self.rows.value -= len(self)
     super().clear()
     self._w.clear()
     self.tokens = 0
@@ -174,8 +195,7 @@ class TokenDict(dict):
 
   def popitem(self):
     key, r = super().popitem()
-    self.tokens -= self._w.pop(key)
-    self.notify()
+    self._dropped(key)
     return key, r
 
   def update(self, *args, **kw):
@@ -256,6 +276,26 @@ class Instance:
   def _changed(self) -> None:
     for w in self.watchers:
       w.add(self)
+
+  def feed(self, prompt: Tally, kv: Tally, rows: Tally) -> None:
+    """Adds this instance's loads to these tallies from now on (moving what it
+    holds now out of the ones it fed before): ``prompt``: pending prompt tokens
+    (queued + prefilling); ``kv``: KV tokens in use (whole blocks) + reserved
+    (``incoming``); ``rows``: requests decoding + incoming. A watcher pointing
+    many instances at one set of tallies keeps cluster sums in O(1) per change."""
+    for container, new in ((self.prompt_queue, prompt), (self.prefilling, prompt),
+                           (self.incoming, kv)):
+      container.tally.value -= container.tokens
+      container.tally = new
+      new.value += container.tokens
+    kv_held = self.kv.used_blocks * self.kv.block_tokens
+    self.kv.tally.value -= kv_held
+    self.kv.tally = kv
+    kv.value += kv_held
+    for container in (self.incoming, self.decoding):
+      container.rows.value -= len(container)
+      container.rows = rows
+      rows.value += len(container)
 
   # ---------------------------------------------------------------- loads
   @property

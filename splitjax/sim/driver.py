@@ -47,6 +47,8 @@ _DONE, _LANDED, _ARRIVAL = 0, 1, 2
 # Members as module constants: reading a global is cheaper than an Enum class attribute.
 _PREFILL, _DECODE, _MIXED = WorkKind.PREFILL, WorkKind.DECODE, WorkKind.MIXED
 _COMPLETED = RequestStatus.COMPLETED
+# Finished iterations gathered before the ledgers take them (bounds their memory).
+_WORK_BATCH = 4096
 
 # (request, prompt instance, token instance, prefill seconds)
 #   -> (seconds from the prefill's end until the KV is usable, bytes moved)
@@ -174,7 +176,8 @@ class Simulator:
 
   def _sample(self, timeline: list, next_sample: float, t: float, stop) -> float:
     """Occupancy samples due up to ``t`` (asking ``stop`` at each); the next one's time."""
-    self._observe_works()
+    if len(self._works) >= _WORK_BATCH:
+      self._observe_works()
     while next_sample <= t:
       timeline.append(pool_sample(self.coord, next_sample))
       if stop is not None and stop(next_sample):
@@ -185,8 +188,9 @@ class Simulator:
 
   def _observe_works(self) -> None:
     """Hands the iterations finished since the last call to the busy ledger and
-    the work observers (at each occupancy sample and at the end: one list
-    append per iteration in the loop, the ledgers' arrays grow in bulk)."""
+    the work observers (at an occupancy sample once ``_WORK_BATCH`` have
+    gathered, and at the end: one list append per iteration in the loop, the
+    ledgers' arrays grow in bulk)."""
     works = self._works
     if works:
       self.busy.add_works(works)

@@ -103,13 +103,24 @@ def _state(insts):
   return [(i.role, i.returning) for i in insts]
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["queue", "kv", "clear"]),
+def _assert_tallies(pool, insts):
+  """The cluster sums the instances feed the pool equal the sums they stand for."""
+  prompt = [i for i in insts if i.role in (Role.PROMPT, Role.MIXED)]
+  token = [i for i in insts if i.role in (Role.TOKEN, Role.MIXED)]
+  assert pool._prompt_sum.value == sum(i.pending_prompt_tokens for i in prompt)
+  assert pool._kv_sum.value == sum(i.token_load for i in token)
+  assert pool._rows_sum.value == sum(len(i.decoding) + len(i.incoming) for i in token)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5),
+                          st.sampled_from(["queue", "kv", "incoming", "decode", "clear"]),
                           st.integers(1, 900)), min_size=1, max_size=40),
        st.integers(100, 2000), st.floats(0.2, 1.0))
 def test_cached_decisions_equal_the_plain_policy(ops, limit, kv_limit):
-  """Through any sequence of load changes, the cached pool borrows and returns
-  exactly what the plain policy (fresh exact sums) decides."""
+  """Through any sequence of load changes, the cached pool (incl. its O(1)
+  "surely quiet" answers from cluster tallies) borrows and returns exactly what
+  the plain policy (fresh exact sums) decides."""
   def cluster():
     return [inst(f"p{i}", Role.PROMPT) for i in range(3)] + [
         inst(f"t{i}", Role.TOKEN, capacity=1000) for i in range(3)]
@@ -122,11 +133,18 @@ def test_cached_decisions_equal_the_plain_policy(ops, limit, kv_limit):
         i.prompt_queue.append(req(1000 + n, size, 1))
       elif op == "kv" and i.kv.can_allocate(size):
         i.kv.allocate(1000 + n, size)
+      elif op == "incoming":
+        i.incoming[1000 + n] = req(1000 + n, size, 9)
+      elif op == "decode":
+        i.decoding[1000 + n] = req(1000 + n, size, 9)
       elif op == "clear":
         i.prompt_queue.clear()
+        i.incoming.clear()
+        i.decoding.pop(next(iter(i.decoding), None), None)
         for rid in list(i.kv._held):
           i.kv.free(rid)
     got = [(c.instance, c.new) for c in pool.rebalance(fast)]
     assert got == _reference(plain, limit, kv_limit)
     assert _state(fast) == _state(plain)
     assert pool.rebalance(fast) == [] and _state(fast) == _state(plain)   # fixed point
+    _assert_tallies(pool, fast)
