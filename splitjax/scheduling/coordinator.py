@@ -102,6 +102,7 @@ class Coordinator:
     self.by_name = {i.name: i for i in instances}
     self.policies = policies
     self._steps = policies.steps
+    self._pool = policies.mixed_pool
     self.max_prompt_tokens = max_prompt_tokens
     self.role_changes: list[RoleChange] = []
     # Who takes prompts / tokens: changes only in rebalance (roles, returning).
@@ -135,7 +136,7 @@ class Coordinator:
   # ---------------------------------------------------------------- pools
   def rebalance(self) -> list[RoleChange]:
     """Mixed-pool borrowing and returns (no-op without a mixed pool)."""
-    pool = self.policies.mixed_pool
+    pool = self._pool
     if pool is None:
       return []
     changes = pool.rebalance(self.instances)

@@ -92,6 +92,7 @@ class MixedPool:
     self._fed: dict[Instance, Role] = {}
     self._inv_cap = self._inv_slots = 0.0  # the largest 1 / KV tokens, 1 / decode slots
     self._fresh = True               # ``_loads`` holds every instance's load (see rebalance)
+    self._new_roles: set[Instance] = set()   # role changed since the loads were last read
     self._settled = False            # the last call changed nothing, and nothing changed since
     # The last rebalance found no mixed pool and no pressure (changed nothing,
     # not even ``returning`` flags).
@@ -105,12 +106,14 @@ class MixedPool:
       return
     for i in self._bound or ():
       i.watchers.remove(self._stale)
+      i.role_watchers.remove(self._new_roles)
     self._reset()
     self._bound, self._stale = instances, set(instances)
     self._index = {i: n for n, i in enumerate(instances)}
     self.quiet = False
     for i in instances:
       i.watchers.append(self._stale)
+      i.role_watchers.append(self._new_roles)
       self._feed(i, i.role)
     self._inv_cap = max((1.0 / i.kv.total_tokens for i in instances), default=0.0)
     self._inv_slots = max((1.0 / max(i.decode_slots, 1) for i in instances), default=0.0)
@@ -125,16 +128,11 @@ class MixedPool:
     self._fed[i] = role
 
   def _surely_quiet(self) -> bool:
-    """Quiet whatever the changed instances' loads are now (O(changes) role
-    checks, O(1) otherwise): no role changed since the loads were last read, no
-    mixed or down instance, and the tallies leave clear room under both
-    limits (see the class docstring)."""
-    fed = self._fed
-    for i in self._stale:
-      if i.role is not fed[i]:
-        return False
+    """Quiet whatever the changed instances' loads are now (O(1)): no role
+    changed since the loads were last read, no mixed or down instance, and the
+    tallies leave clear room under both limits (see the class docstring)."""
     count = self._count
-    if count[2] or count[4]:
+    if self._new_roles or count[2] or count[4]:
       return False
     if count[0] and self._prompt_sum.value > count[0] * self.prompt_limit:
       return False                       # (integers: as exact as _quiet)
@@ -170,6 +168,7 @@ class MixedPool:
         continue
       moved = self._reload(i, role, old) or moved
     self._stale.clear()
+    self._new_roles.clear()          # (a new role is also a change: re-read above)
     return moved
 
   def _reload(self, i: Instance, role: Role, old: tuple | None) -> bool:

@@ -265,6 +265,8 @@ class Instance:
   # (registered by whoever caches loads: the mixed pool, the router); not
   # part of the state.
   watchers: list[set] = dataclasses.field(default_factory=list, repr=False)
+  # ... and sets it adds itself to when its role changes (also a change above).
+  role_watchers: list[set] = dataclasses.field(default_factory=list, repr=False)
 
   def __post_init__(self):
     if self.role is None:
@@ -368,20 +370,24 @@ class Instance:
     request.slot = None
 
 
-def _tracked(name: str) -> property:
+def _tracked(name: str, *lists: str) -> property:
   """An Instance attribute whose every assignment reports a change to the
-  instance's watchers (who takes which work depends on it)."""
+  instance's watchers (who takes which work depends on it), and to the
+  watcher ``lists`` named."""
   slot = "_" + name
+  lists = ("watchers",) + lists
 
   def set_(self, value):
-    self.__dict__[slot] = value
-    for w in self.__dict__.get("watchers", ()):
-      w.add(self)
+    state = self.__dict__
+    state[slot] = value
+    for watchers in lists:
+      for w in state.get(watchers, ()):
+        w.add(self)
   return property(operator.attrgetter(slot), set_, doc=f"{name} (assignments notify the watchers)")
 
 
 # After the dataclass is built: its __init__ assigns these through the properties.
-Instance.role = _tracked("role")
+Instance.role = _tracked("role", "role_watchers")
 Instance.returning = _tracked("returning")
 
 

@@ -148,3 +148,17 @@ def test_cached_decisions_equal_the_plain_policy(ops, limit, kv_limit):
     assert _state(fast) == _state(plain)
     assert pool.rebalance(fast) == [] and _state(fast) == _state(plain)   # fixed point
     _assert_tallies(pool, fast)
+
+
+def test_a_role_change_while_quiet_is_seen_by_the_next_call():
+  """Quiet calls answer from cluster tallies; an instance changing role (here
+  the whole token pool going down) must still be seen at once."""
+  insts = _cluster()
+  pool = MixedPool(borrow_prompt_tokens=10_000, borrow_kv_fraction=0.9)
+  assert pool.rebalance(insts) == []                        # quiet
+  insts[0].prompt_queue.append(req(1, 100, 5))
+  assert pool.rebalance(insts) == []                        # still quiet
+  for t in insts[2:]:
+    t.role = Role.DOWN
+  changes = pool.rebalance(insts)
+  assert [(c.instance, c.new) for c in changes] == [("p1", Role.MIXED)]
