@@ -70,11 +70,12 @@ class EnergyLedger:
   the ledger itself) is a work observer: it buffers ``(index, work, start,
   end)``; every ``_FLUSH`` iterations (and before any read) the buffer becomes
   typed arrays: a code, start and end per iteration; per kind of row (whole
-  prompts, prompt chunks, decode rows) a count per iteration and an id and a
-  token count per row. A buffered Work must not change after it was observed
+  prompts, prompt chunks, decode rows) a count per iteration and an id per row,
+  with a token count per row (prompts, chunks) or per iteration (decode steps). A buffered Work must not change after it was observed
   (drivers report finished works)."""
 
   _FLUSH = 4096
+  _BLOCK_ROWS = 1 << 22      # rows per block when accounting requests
 
   def __init__(self, instances: Sequence[Instance], rates: Sequence[InstanceRates]):
     if len(instances) != len(rates):
@@ -84,7 +85,8 @@ class EnergyLedger:
     self.rates = list(rates)
     self._codes, self._starts, self._ends = array.array("q"), array.array("d"), array.array("d")
     # Per kind of row (prefill, chunk, decode): rows per iteration, request id
-    # and tokens per row.
+    # per row, and tokens per row (decode rows: steps per iteration, the same
+    # for each of its rows).
     self._rows = tuple(tuple(array.array("q") for _ in range(3)) for _ in range(3))
     self._buffer: list[tuple[int, Work, float, float]] = []
 
@@ -122,7 +124,7 @@ class EnergyLedger:
     ct.extend([c.end - c.start for w in works for c in w.chunks])
     dc.extend([len(w.decode) for w in works])             # decode rows: one token per step
     di.extend([r.request_id for w in works for r in w.decode])
-    dt.extend([w.steps for w in works for _ in w.decode])
+    dt.extend([w.steps for w in works])                 # per iteration: its rows' tokens
     buffer.clear()
 
   @property
@@ -161,23 +163,49 @@ class EnergyLedger:
                       sum(r.tokens for r in done), *unattributed)
 
   def _requests(self, codes, energy, cost) -> tuple[RequestAccounts, tuple[float, float]]:
-    """Each iteration's energy and cost split over its rows by tokens."""
+    """Each iteration's energy and cost split over its rows by tokens. Rows are
+    read in blocks of iterations (three passes), so memory stays O(block)
+    above the ledger's own arrays (a million-request run has ~10^8 rows)."""
     self._flush()
-    iterations = np.arange(len(codes))
-    it = np.concatenate([np.repeat(iterations, np.array(counts, np.int64))  # row -> iteration
-                         for counts, _, _ in self._rows])
-    ids = np.concatenate([np.array(ids, np.int64) for _, ids, _ in self._rows])
-    tokens = np.concatenate([np.array(t, np.float64) for _, _, t in self._rows])
-    per_iter = np.bincount(it, weights=tokens, minlength=len(codes))
+    n = len(codes)
+    per_iter = np.zeros(n)
+    for a, b, it, _, tokens in self._row_blocks(n):
+      per_iter[a:b] += np.bincount(it - a, weights=tokens, minlength=b - a)
     empty = per_iter <= 0
-    weight = tokens / np.where(empty, 1.0, per_iter)[it]
-    uniq, inv = np.unique(ids, return_inverse=True)
-    col = inv * 3 + codes[it] % 3
-    size = 3 * len(uniq)
-    e = np.bincount(col, weights=energy[it] * weight, minlength=size).reshape(-1, 3)
-    c = np.bincount(col, weights=cost[it] * weight, minlength=size).reshape(-1, 3)
+    divisor, kind = np.where(empty, 1.0, per_iter), codes % 3
+    uniq = np.unique(np.concatenate(
+        [np.zeros(0, np.int64)] + [np.unique(ids) for _, _, _, ids, _ in self._row_blocks(n)]))
+    dense = len(uniq) == 0 or uniq[-1] <= 4 * len(uniq)     # ids index the sums directly
+    size = 3 * (int(uniq[-1]) + 1 if dense and len(uniq) else len(uniq))
+    e, c = np.zeros(size), np.zeros(size)
+    for _, _, it, ids, tokens in self._row_blocks(n):
+      col = (ids if dense else np.searchsorted(uniq, ids)) * 3 + kind[it]
+      weight = tokens / divisor[it]
+      e += np.bincount(col, weights=energy[it] * weight, minlength=size)
+      c += np.bincount(col, weights=cost[it] * weight, minlength=size)
+    e, c = e.reshape(-1, 3), c.reshape(-1, 3)
+    if dense:
+      e, c = e[uniq], c[uniq]
     return (RequestAccounts(uniq, e, c),
             (float(math.fsum(energy[empty])), float(math.fsum(cost[empty]))))
+
+  def _row_blocks(self, n: int):
+    """Yields ``(a, b, iteration, request id, tokens)`` per row, for blocks
+    ``[a, b)`` of the ``n`` iterations, each kind of row in turn (views of the
+    ledger's arrays that must not outlive the caller's loop)."""
+    groups = [(np.frombuffer(c, np.int64), np.frombuffer(i, np.int64),
+               np.frombuffer(t, np.int64)) for c, i, t in self._rows]
+    offsets = [np.concatenate(([0], np.cumsum(counts))) for counts, _, _ in groups]
+    rows = sum(len(ids) for _, ids, _ in groups)
+    step = max(1, n * self._BLOCK_ROWS // max(1, rows))
+    for a in range(0, n, step):
+      b = min(n, a + step)
+      for kind, ((counts, ids, tokens), off) in enumerate(zip(groups, offsets)):
+        lo, hi = int(off[a]), int(off[b])
+        per_row = (np.repeat(tokens[a:b], counts[a:b]) if kind == _DECODE_ROWS   # steps
+                   else tokens[lo:hi])
+        yield (a, b, np.repeat(np.arange(a, b), counts[a:b]), ids[lo:hi],
+               per_row.astype(np.float64))
 
   def _instances(self, codes, starts, ends, run_s: float,
                  records: Sequence[RequestRecord]) -> list[InstanceAccount]:
@@ -194,6 +222,9 @@ class EnergyLedger:
           float(idle[i]) * r.idle_w, run_s * price_s, float(idle[i]) * price_s,
           int(sent[i]), int(received[i]), float(exposed[i])))
     return out
+
+
+_DECODE_ROWS = 2          # the kind of row (of ``EnergyLedger._rows``) with tokens per iteration
 
 
 def _idle_seconds(inst: np.ndarray, starts: np.ndarray, ends: np.ndarray, run_s: float,

@@ -129,6 +129,26 @@ def test_buffered_iterations_give_the_same_accounts_whenever_flushed():
     assert (a.requests.energy_j == accounts[0].requests.energy_j).all()
 
 
+@pytest.mark.parametrize("id_step", [1, 10 ** 9])      # dense ids index sums; sparse ones not
+def test_request_accounts_read_in_blocks_equal_one_pass(id_step):
+  p, t = inst("p0", Role.PROMPT), inst("t0", Role.TOKEN)
+  works = [(0, Work(WorkKind.PREFILL, p, prefill=(req(k * id_step, 10 + k, 5),)), k, k + 0.5)
+           for k in range(7)]
+  works += [(1, Work(WorkKind.DECODE, t, decode=(req(id_step, 11, 5), req(2 * id_step, 12, 5)),
+                     steps=3), k + 0.5, k + 1.0) for k in range(7)]
+  accounts = []
+  for block_rows in (1, 5, 1 << 22):
+    ledger = EnergyLedger([p, t], [HAND, HAND])
+    ledger._BLOCK_ROWS = block_rows
+    for w in works:
+      ledger(*w)
+    accounts.append(ledger.account(10.0))
+  for a in accounts:
+    assert list(a.requests.request_ids) == [k * id_step for k in range(7)]
+    assert a.requests.energy_j == pytest.approx(accounts[-1].requests.energy_j, rel=1e-12)
+    assert a.requests.cost_usd == pytest.approx(accounts[-1].requests.cost_usd, rel=1e-12)
+
+
 def test_mixed_iteration_splits_by_chunk_tokens_and_decode_rows():
   p = inst("c0", Role.COLOCATED)
   a, b, c = req(1, 100, 5), req(2, 100, 5), req(3, 80, 5)
