@@ -50,7 +50,6 @@ the machine's devices the instance uses.
 from __future__ import annotations
 
 import array
-import dataclasses
 import math
 from typing import Mapping, Sequence
 
