@@ -172,7 +172,29 @@ def test_max_rate_edges():
   r = pv.max_rate(lay, lambda layout, rate: ProbeOutcome(rate, rate <= 70.0, 1), b,
                   feasible_at=70.0)
   assert r.lower == 70.0 and 70.0 < r.upper <= 70.0 * 1.025
-  assert r.probes[0].rate == 100.0                            # 70 x 2, capped at max_rate
+  assert len(r.probes) == 1 and r.probes[0].rate == r.upper  # the lowest it would ask fails
+
+
+@pytest.mark.parametrize("true_max", [70.0, 71.0, 74.0, 90.0, 139.0, 141.0, 500.0])
+def test_max_rate_from_a_feasible_rate_gives_the_plain_bisections_bracket(true_max):
+  lay = Layout(colocated=Pool(4, H))
+  b = Bisection(tolerance=0.05, max_rate=1000.0)
+  calls = []
+
+  def probe(layout, rate):
+    calls.append(rate)
+    return ProbeOutcome(rate, rate <= true_max, 1)
+
+  asked = []
+
+  def plain(rate):                          # the bisection, every rate probed in turn
+    asked.append(rate)
+    return true_max >= rate
+  r = pv.max_rate(lay, probe, b, feasible_at=70.0)
+  assert (r.lower, r.upper) == pv._bisect(plain, b, lay, 70.0)
+  assert len(calls) == len(set(calls)) == len(r.probes) <= len(asked) + 1
+  if true_max < 70.0 * 1.04:
+    assert len(calls) == 1
 
 
 def test_bisection_settings_are_checked():
