@@ -100,8 +100,11 @@ class LayoutRates:
   def resolve(self, hint: int | None = None, growth: float = 2.0,
               start_rate_per_machine: float = 1.0) -> LayoutRates:
     """Probes until :attr:`resolved`. ``hint``: a lattice index near the answer
-    (gallop 1, 2, 4 ... steps from it); None: start at
-    ``start_rate_per_machine`` x machines and step by ``growth`` (rate factor)."""
+    (gallop 1, 2, 4 ... steps from it: up while feasible, down while not); if
+    something is known already, from the known side unless ``hint`` lies
+    strictly inside what is known (then from the hint). None: from the known
+    side, or cold from ``start_rate_per_machine`` x machines by steps of
+    ``growth`` (rate factor). Then bisects the gap."""
     lat = self.lattice
     if hint is None:
       k = lat.below(start_rate_per_machine * self.layout.machines)
@@ -109,6 +112,8 @@ class LayoutRates:
     else:
       k = min(max(hint, lat.low), lat.high)
       step = lambda n: 2 ** n
+      if (self.lo >= lat.low or self.hi <= lat.high) and self.lo < k < self.hi:
+        self._gallop_from(k)
     n = 0
     while not self.resolved and (self.lo < lat.low or self.hi > lat.high):
       if self.lo >= lat.low:                   # feasible somewhere, no ceiling yet
@@ -119,6 +124,18 @@ class LayoutRates:
     while self.hi - self.lo > 1:
       self.feasible_at((self.lo + self.hi) // 2)
     return self
+
+  def _gallop_from(self, k: int) -> None:
+    """Probes ``k``, then 1, 2, 4 ... steps further in the direction its outcome
+    points (up if feasible), until the outcome changes or a known bound (or the
+    lattice's end) is reached."""
+    lat, n = self.lattice, 0
+    up = self.feasible_at(k)
+    while not self.resolved:
+      k = min(self.lo + 2 ** n, lat.high) if up else max(self.hi - 2 ** n, lat.low)
+      if not self.lo < k < self.hi or self.feasible_at(k) != up:
+        return
+      n += 1
 
   def bracket(self) -> RateBracket:
     """The :class:`~splitjax.provision.RateBracket` of what is known (req/s)."""
