@@ -59,7 +59,7 @@ from splitjax.provision_probe import (CachedProbe, Probe, ProbeOutcome, ProbeSet
 from splitjax.provision_rates import LayoutRates, RateLattice
 from splitjax.provision_results import EvalMode, LayoutResult, RateBracket, SearchResult
 from splitjax.provision_runner import Runner
-from splitjax.provision_staircase import cheapest_by_pair, walk
+from splitjax.provision_staircase import cheapest_by_pair, implied, walk
 from splitjax.serve_config import ClusterPolicy
 from splitjax.sim.sim_config import SimConfig
 
@@ -280,6 +280,23 @@ def _refined(best: Layout, evaluated: set[Layout], space: SearchSpace, budget: B
   return [lay for lay in dict.fromkeys(out) if lay and lay not in evaluated]
 
 
+def _guesses(start: Sequence[Layout], known: dict[Layout, LayoutResult],
+             at: Callable[[Sequence[Layout]], list[LayoutResult]], budget: Budget,
+             price: Mapping[str, Price]) -> None:
+  """ISO_THROUGHPUT: the ``start`` layouts into ``known``, one at a time in
+  order: one whose feasibility the outcomes so far imply (it dominates a
+  feasible one or is dominated by an infeasible one) is not probed (its row
+  says the same as a probe would, with no probes)."""
+  for lay in start:
+    feasible = implied(known, lay)
+    if feasible is None:
+      known[lay] = at([lay])[0]
+    else:
+      rate = budget.rate
+      known[lay] = _row(lay, price, EvalMode.AT_RATE, RateBracket(
+          rate if feasible else 0.0, math.inf if feasible else rate, ()))
+
+
 def _best(rows: Sequence[LayoutResult], budget: Budget) -> LayoutResult | None:
   ok = [r for r in rows if r.feasible]
   if not ok:
@@ -303,8 +320,9 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
   kind pair when climbing); ``measure_winner`` (ISO_THROUGHPUT) bisects the
   winner's max rate too; ``hints`` ((prompt kind, token kind or None) ->
   :class:`Hint`): where CLIMB starts per kind pair (ignored otherwise);
-  ``start`` (ISO_THROUGHPUT): layouts probed first, e.g. a guess of the answer:
-  a feasible one bounds the walk at once, an infeasible one rules out every
+  ``start`` (ISO_THROUGHPUT): layouts probed first, in order, e.g. a guess of
+  the answer and a larger one: a feasible one bounds the walk at once (and a
+  later guess dominating it is not probed), an infeasible one rules out every
   layout it dominates (the answer is the same, with fewer probes); with
   ``space.local_refine`` and a feasible guess for every kind pair, the coarse
   grid is skipped and the finer one walked near the cheapest feasible guess.
@@ -318,8 +336,7 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
       known: dict[Layout, LayoutResult] = {}
       at = lambda lays: _evaluate_all(lays, EvalMode.AT_RATE, budget.rate, price, run,
                                       bisection)
-      for row in at(list(dict.fromkeys(start))):
-        known[row.layout] = row
+      _guesses(list(dict.fromkeys(start)), known, at, budget, price)
       pairs = (set(itertools.product(space.prompt_kinds, space.token_kinds))
                if design == Design.SPLIT else {None})
       near = cheapest_by_pair(known, budget) if space.local_refine else {}

@@ -439,3 +439,16 @@ def test_iso_throughput_from_a_guess_finds_the_same_cheapest_with_fewer_probes(r
   found = pv.search(Design.SPLIT, space, budget, probe, workers=1, start=guess)
   assert found.best.layout == best and len(probe.calls) < plain.probes
   assert guess[0] in {r.layout for r in found.rows}
+
+
+def test_a_guess_implied_by_an_earlier_one_is_not_probed():
+  space = SearchSpace(step=5, max_machines=50, refine_step=1, local_refine=True)
+  budget = Budget(BudgetKind.ISO_THROUGHPUT, rate=70.0)
+  best = pv.search(Design.SPLIT, space, budget, FakeProbe(), workers=1).best.layout
+  bigger = Layout(Pool(best.prompt.machines + 3, H), Pool(best.token.machines + 1, H))
+  probe = FakeProbe()
+  found = pv.search(Design.SPLIT, space, budget, probe, workers=1, start=[best, bigger])
+  assert found.best.layout == best
+  assert all(c[0] != bigger for c in probe.calls)                  # implied feasible
+  row = next(r for r in found.rows if r.layout == bigger)
+  assert row.feasible and row.max_rate == 70.0 and row.rates.probes == ()
