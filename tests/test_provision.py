@@ -401,6 +401,22 @@ def test_probes_at_different_rates_replay_the_same_requests_time_scaled(tmp_path
   assert [s.arrival_s * 3.0 for s in slow] == pytest.approx([s.arrival_s * 11.0 for s in fast])
 
 
+def test_a_sim_probe_reads_its_trace_once_and_probes_as_a_fresh_one_would(tmp_path,
+                                                                           monkeypatch):
+  from splitjax import workload
+  base = _roofline_base(_tiny_trace(tmp_path / "t.csv"))
+  settings = pv.ProbeSettings(requests=200, min_duration_s=0.0)
+  lay = Layout(Pool(1, H), Pool(1, H))
+  reads = []
+  read = workload.read_azure_trace
+  monkeypatch.setattr(workload, "read_azure_trace", lambda path: reads.append(path) or read(path))
+  probe = pv.SimProbe.create(base, settings)
+  kept = [probe(lay, rate) for rate in (2.0, 9.0, 40.0)]
+  assert len(reads) == 1
+  assert kept == [pv.SimProbe.create(base, settings)(lay, rate) for rate in (2.0, 9.0, 40.0)]
+  assert probe == pv.SimProbe.create(base, settings)          # the windows are no input
+
+
 def test_sim_probe_check_fails_early_on_a_missing_trace(tmp_path):
   probe = pv.SimProbe.create(_roofline_base(_tiny_trace(tmp_path / "t.csv")))
   (tmp_path / "t.csv").unlink()
