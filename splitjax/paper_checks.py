@@ -87,8 +87,10 @@ def sweep_grid(probe, counts: Sequence[int], kind: str, lattice: RateLattice,
 def _sweep_guess(cells: Mapping[tuple[int, int], LayoutRates], counts: Sequence[int],
                  i: int, j: int, lattice: RateLattice, floor: bool) -> int | None:
   """A guess of cell (``counts[i]``, ``counts[j]``)'s lattice index from
-  resolved cells (None: none fits): the cells before it in its row and column
-  extrapolated (each step adds what the step before it added); without a
+  resolved cells (None: none fits): the three cells before it in its row and
+  column (it adds to its left neighbour what its upper neighbour added to
+  theirs), else the two before it in its row or column (adding half the last
+  step: rates grow ever more slowly with machines); without a
   ``floor`` (no neighbour one step fewer resolved), a resolved cell with no
   fewer machines in either pool, scaled down by the machine count."""
   at = lambda a, b: (cells[(counts[a], counts[b])].lo if a >= 0 and b >= 0 and
@@ -96,9 +98,9 @@ def _sweep_guess(cells: Mapping[tuple[int, int], LayoutRates], counts: Sequence[
   if None not in (x := (at(i - 1, j), at(i, j - 1), at(i - 1, j - 1))):
     return x[0] + x[1] - x[2]
   if None not in (x := (at(i, j - 1), at(i, j - 2))):
-    return 2 * x[0] - x[1]
+    return x[0] + (x[0] - x[1] + 1) // 2
   if None not in (x := (at(i - 1, j), at(i - 2, j))):
-    return 2 * x[0] - x[1]
+    return x[0] + (x[0] - x[1] + 1) // 2
   p, k = counts[i], counts[j]
   if floor:
     return None
