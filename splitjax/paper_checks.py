@@ -14,6 +14,7 @@ from splitjax.paper import (H100, H100_CAP, HHCAP_PAPER_SPLIT, FixedSplitCheck, 
                             PaperDesign, RunSettings, Trace, base_sim, paper_budget)
 from splitjax.provision import (Bisection, BudgetKind, CachedProbe, Layout, Pool, SimProbe,
                                 at_rate, prices)
+from splitjax.provision_probe import Probe
 from splitjax.provision_rates import LayoutRates, RateLattice
 
 
@@ -51,7 +52,7 @@ def hh_sweep(trace: Trace, counts: Sequence[int], settings: RunSettings,
           for r in sweep_grid(probe, counts, H100, lattice, known)]
 
 
-def sweep_grid(probe, counts: Sequence[int], kind: str, lattice: RateLattice,
+def sweep_grid(probe: Probe, counts: Sequence[int], kind: str, lattice: RateLattice,
                known: Mapping[tuple[int, int], float] = {}) -> list[LayoutRates]:
   """Every (prompt, token) layout of ``kind`` on the grid ``counts`` x ``counts``
   resolved on ``lattice``, row by row (prompt count, then token count). A cell
@@ -101,9 +102,9 @@ def _sweep_guess(cells: Mapping[tuple[int, int], LayoutRates], counts: Sequence[
     return x[0] + (x[0] - x[1] + 1) // 2
   if None not in (x := (at(i - 1, j), at(i - 2, j))):
     return x[0] + (x[0] - x[1] + 1) // 2
-  p, k = counts[i], counts[j]
   if floor:
     return None
+  p, k = counts[i], counts[j]
   big = [((a + b) / (p + k), c.lo) for (a, b), c in cells.items()
          if a >= p and b >= k and (a, b) != (p, k) and c.resolved and c.lo >= lattice.low]
   if big:
