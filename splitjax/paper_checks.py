@@ -57,8 +57,9 @@ def sweep_grid(probe: Probe, counts: Sequence[int], kind: str, lattice: RateLatt
   """Every (prompt, token) layout of ``kind`` on the grid ``counts`` x ``counts``
   resolved on ``lattice``, row by row (prompt count, then token count). A cell
   in ``known`` ((prompt, token) -> a lattice rate, req/s) costs nothing.
-  Monotonicity in machines bounds any other: it serves at least the best of
-  the cells one step fewer in either pool, and misses where a resolved cell
+  Monotonicity in machines bounds any other by the resolved cells (those
+  before it, and any in ``known``, on the grid or not): it serves at least
+  what one with no more machines in either pool serves, and misses where one
   with no fewer machines in either pool misses; its probes start from
   :func:`_sweep_guess` (else from that floor) and gallop from there."""
   cells: dict[tuple[int, int], LayoutRates] = {}
@@ -72,9 +73,8 @@ def sweep_grid(probe: Probe, counts: Sequence[int], kind: str, lattice: RateLatt
       r = cells.setdefault((p, k), LayoutRates(Layout(Pool(p, kind), Pool(k, kind)), probe,
                                                lattice))
       if not r.resolved:
-        r.lo = max([r.lo] + [cells[c].lo for c in ((counts[i - 1], k) if i else None,
-                                                   (p, counts[j - 1]) if j else None)
-                             if c in cells])
+        r.lo = max([r.lo] + [c.lo for (a, b), c in cells.items()
+                             if a <= p and b <= k and c.resolved and c is not r])
         r.hi = min([r.hi] + [c.hi for (a, b), c in cells.items()
                              if a >= p and b >= k and c.resolved and c.hi > r.lo])
         guess = _sweep_guess(cells, counts, i, j, lattice, r.lo >= lattice.low)
