@@ -221,7 +221,9 @@ def test_searches_start_from_the_answers_they_depend_on():
     lambda p, k: 60.0 * (p * k) ** 0.3 / (1 + 0.01 * p),   # curved
     lambda p, k: 57.4,                                     # flat
 ], ids=["additive", "bottleneck", "curved", "flat"])
-@pytest.mark.parametrize("known", [{}, {(20, 20): None, (30, 10): None}], ids=["cold", "known"])
+@pytest.mark.parametrize("known", [{}, {(20, 20): None, (30, 10): None},
+                                   {(15, 25): None, (25, 15): None}],
+                         ids=["cold", "known", "known-off-grid"])
 def test_the_hh_sweep_grid_finds_every_cells_lattice_rate(surface, known):
   from splitjax.paper_checks import sweep_grid
   from splitjax.provision import Bisection, ProbeOutcome
@@ -237,7 +239,8 @@ def test_the_hh_sweep_grid_finds_every_cells_lattice_rate(surface, known):
   truth = {(p, k): LayoutRates(Layout(Pool(p, H), Pool(k, H)), probe, lattice).resolve()
            for p in counts for k in counts}
   brute = len(calls)
-  known = {c: truth[c].bracket().lower for c in known}
+  known = {c: LayoutRates(Layout(Pool(c[0], H), Pool(c[1], H)), probe, lattice).resolve()
+           .bracket().lower for c in known}
   calls.clear()
   got = sweep_grid(probe, counts, H, lattice, known)
   assert [(r.layout.prompt.machines, r.layout.token.machines) for r in got] == list(truth)
