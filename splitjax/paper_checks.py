@@ -14,6 +14,7 @@ from splitjax.paper import (H100, H100_CAP, HHCAP_PAPER_SPLIT, FixedSplitCheck, 
                             PaperDesign, RunSettings, Trace, base_sim, paper_budget)
 from splitjax.provision import (Bisection, BudgetKind, CachedProbe, Layout, Pool, SimProbe,
                                 at_rate, prices)
+from splitjax.provision_probe import Probe
 from splitjax.provision_rates import LayoutRates, RateLattice
 
 
@@ -40,32 +41,76 @@ def length_check(trace: Trace, design: PaperDesign, layout: Layout, duration_s: 
 
 def hh_sweep(trace: Trace, counts: Sequence[int], settings: RunSettings,
              known: Mapping[tuple[int, int], float] = {}) -> list[LengthCheck]:
-  """Splitwise-HH max rates on the (prompt, token) grid ``counts`` x ``counts``.
-  A cell in ``known`` ((prompt, token) -> a lattice max rate from a search with
-  the same probes) costs nothing; any other starts from what monotonicity in
-  machines gives (it serves at least the best of the cells one step fewer in
-  either pool, row-major before it) and probes upwards from there."""
+  """Splitwise-HH max rates on the (prompt, token) grid ``counts`` x ``counts``
+  (:func:`sweep_grid`, on the searches' lattice and cache). ``known``:
+  (prompt, token) -> a lattice max rate from a search with the same probes."""
   probe = _cached(SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HH), settings.probe()),
                   settings)
   lattice = RateLattice.of(Bisection(tolerance=settings.tolerance))
-  lo: dict[tuple[int, int], int] = {}
+  return [LengthCheck(trace, PaperDesign.SPLITWISE_HH, r.layout, settings.min_duration_s,
+                      r.bracket().lower)
+          for r in sweep_grid(probe, counts, H100, lattice, known)]
+
+
+def sweep_grid(probe: Probe, counts: Sequence[int], kind: str, lattice: RateLattice,
+               known: Mapping[tuple[int, int], float] = {}) -> list[LayoutRates]:
+  """Every (prompt, token) layout of ``kind`` on the grid ``counts`` x ``counts``
+  resolved on ``lattice``, row by row (prompt count, then token count). A cell
+  in ``known`` ((prompt, token) -> a lattice rate, req/s) costs nothing.
+  Monotonicity in machines bounds any other by the resolved cells (those
+  before it, and any in ``known``, on the grid or not): it serves at least
+  what one with no more machines in either pool serves, and misses where one
+  with no fewer machines in either pool misses; its probes start from
+  :func:`_sweep_guess` (else from that floor) and gallop from there."""
+  cells: dict[tuple[int, int], LayoutRates] = {}
+  for (p, k), rate in known.items():
+    r = cells[(p, k)] = LayoutRates(Layout(Pool(p, kind), Pool(k, kind)), probe, lattice)
+    r.lo = lattice.below(rate) if rate > 0 else lattice.low - 1
+    r.hi = r.lo + 1
   out = []
   for i, p in enumerate(counts):
     for j, k in enumerate(counts):
-      layout = Layout(Pool(p, H100), Pool(k, H100))
-      r = LayoutRates(layout, probe, lattice)
-      if (p, k) in known:
-        r.lo = lattice.below(known[(p, k)]) if known[(p, k)] > 0 else lattice.low - 1
-        r.hi = r.lo + 1
-      below = [lo[c] for c in ((counts[i - 1], k) if i else None,
-                               (p, counts[j - 1]) if j else None) if c in lo]
-      if below and not r.resolved:
-        r.lo = max(below)
-      r.resolve(r.lo if r.lo >= lattice.low else None, start_rate_per_machine=1.0)
-      lo[(p, k)] = r.lo
-      out.append(LengthCheck(trace, PaperDesign.SPLITWISE_HH, layout, settings.min_duration_s,
-                             r.bracket().lower))
+      r = cells.setdefault((p, k), LayoutRates(Layout(Pool(p, kind), Pool(k, kind)), probe,
+                                               lattice))
+      if not r.resolved:
+        r.lo = max([r.lo] + [c.lo for (a, b), c in cells.items()
+                             if a <= p and b <= k and c.resolved and c is not r])
+        r.hi = min([r.hi] + [c.hi for (a, b), c in cells.items()
+                             if a >= p and b >= k and c.resolved and c.hi > r.lo])
+        guess = _sweep_guess(cells, counts, i, j, lattice, r.lo >= lattice.low)
+        guess = min(guess, r.hi - 1) if guess is not None else None
+        start = guess if guess is not None and guess > r.lo else r.lo
+        r.resolve(start if start >= lattice.low else None, start_rate_per_machine=1.0)
+      out.append(r)
   return out
+
+
+def _sweep_guess(cells: Mapping[tuple[int, int], LayoutRates], counts: Sequence[int],
+                 i: int, j: int, lattice: RateLattice, floor: bool) -> int | None:
+  """A guess of cell (``counts[i]``, ``counts[j]``)'s lattice index from
+  resolved cells (None: none fits): the three cells before it in its row and
+  column (it adds to its left neighbour what its upper neighbour added to
+  theirs), else the two before it in its row or column (adding half the last
+  step: rates grow ever more slowly with machines); without a
+  ``floor`` (no neighbour one step fewer resolved), a resolved cell with no
+  fewer machines in either pool, scaled down by the machine count."""
+  at = lambda a, b: (cells[(counts[a], counts[b])].lo if a >= 0 and b >= 0 and
+                     (c := cells.get((counts[a], counts[b]))) and c.resolved else None)
+  if None not in (x := (at(i - 1, j), at(i, j - 1), at(i - 1, j - 1))):
+    return x[0] + x[1] - x[2]
+  if None not in (x := (at(i, j - 1), at(i, j - 2))):
+    return x[0] + (x[0] - x[1] + 1) // 2
+  if None not in (x := (at(i - 1, j), at(i - 2, j))):
+    return x[0] + (x[0] - x[1] + 1) // 2
+  if floor:
+    return None
+  p, k = counts[i], counts[j]
+  big = [((a + b) / (p + k), c.lo) for (a, b), c in cells.items()
+         if a >= p and b >= k and (a, b) != (p, k) and c.resolved and c.lo >= lattice.low]
+  if big:
+    scale, lo = min(big)
+    return lo - lattice.steps(scale)
+  return None
 
 
 def fixed_split_hhcap(trace: Trace, rate: float, settings: RunSettings) -> FixedSplitCheck:

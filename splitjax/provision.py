@@ -59,7 +59,7 @@ from splitjax.provision_probe import (CachedProbe, Probe, ProbeOutcome, ProbeSet
 from splitjax.provision_rates import LayoutRates, RateLattice
 from splitjax.provision_results import EvalMode, LayoutResult, RateBracket, SearchResult
 from splitjax.provision_runner import Runner
-from splitjax.provision_staircase import cheapest_by_pair, walk
+from splitjax.provision_staircase import cheapest_by_pair, implied, walk
 from splitjax.serve_config import ClusterPolicy
 from splitjax.sim.sim_config import SimConfig
 
@@ -90,33 +90,74 @@ def max_rate(layout: Layout, probe: Probe, bisection: Bisection = Bisection(),
              feasible_at: float = 0.0) -> RateBracket:
   """Highest rate (req/s) at which ``probe`` finds ``layout`` feasible, to
   ``bisection.tolerance`` (assumes feasibility falls monotonically with rate).
-  ``feasible_at`` > 0: a rate already known feasible, where bracketing starts."""
-  b, probes = bisection, []
+  ``feasible_at`` > 0: a rate already known feasible, where bracketing starts.
 
-  def feasible(rate: float) -> bool:
-    probes.append(probe(layout, rate))
-    return probes[-1].feasible
+  Outcomes implied by monotonicity (below a feasible rate, above an infeasible
+  one) are not probed again. From ``feasible_at`` (e.g. an iso-throughput
+  winner's required rate, often its max too), the lowest rate the bisection
+  would ask if every probe failed is probed first: if it fails, so would every
+  rate the bisection asks, and the bracket is known after that one probe (the
+  same bracket as probing them in turn)."""
+  known = _MonotoneProbe(layout, probe)
+  if feasible_at > 0.0:
+    asked: list[float] = []
 
-  lo, hi = feasible_at, math.inf
+    def failing(rate: float) -> bool:
+      asked.append(rate)
+      return False
+    _bisect(failing, bisection, layout, feasible_at)
+    if asked:
+      known(min(asked))
+  lo, hi = _bisect(known, bisection, layout, feasible_at)
+  return RateBracket(lo, hi, tuple(known.probes))
+
+
+class _MonotoneProbe:
+  """``probe`` on one layout as ``feasible(rate)``, answering from monotonicity
+  in rate what its probes so far imply (``probes``: those it ran)."""
+
+  def __init__(self, layout: Layout, probe: Probe):
+    self.layout, self.probe = layout, probe
+    self.probes: list[ProbeOutcome] = []
+    self.feasible_to, self.infeasible_from = 0.0, math.inf
+
+  def __call__(self, rate: float) -> bool:
+    if rate <= self.feasible_to or rate >= self.infeasible_from:
+      return rate <= self.feasible_to
+    out = self.probe(self.layout, rate)
+    self.probes.append(out)
+    if out.feasible:
+      self.feasible_to = rate
+    else:
+      self.infeasible_from = rate
+    return out.feasible
+
+
+def _bisect(feasible: Callable[[float], bool], b: Bisection, layout: Layout,
+            lo: float) -> tuple[float, float]:
+  """:func:`max_rate`'s (lower, upper) bracket, asking ``feasible(rate)``:
+  bracketing from ``lo`` (known feasible, 0: none) or the start rate by
+  ``b.growth``, then geometric bisection."""
+  hi = math.inf
   rate = min(max(b.start_rate_per_machine * layout.machines, b.min_rate), b.max_rate)
   if lo > 0.0:
     if lo >= b.max_rate:
-      return RateBracket(lo, hi, ())
+      return lo, hi
     rate = min(lo * b.growth, b.max_rate)
   while lo == 0.0 or hi == math.inf:
     if feasible(rate):
       lo = rate
       if hi == math.inf and rate >= b.max_rate:
-        return RateBracket(lo, hi, tuple(probes))
+        return lo, hi
     else:
       hi = rate
       if lo == 0.0 and rate <= b.min_rate:
-        return RateBracket(lo, hi, tuple(probes))
+        return lo, hi
     rate = min(lo * b.growth, b.max_rate) if hi == math.inf else max(hi / b.growth, b.min_rate)
   while hi > lo * (1.0 + b.tolerance):
     mid = math.sqrt(lo * hi)
     lo, hi = (mid, hi) if feasible(mid) else (lo, mid)
-  return RateBracket(lo, hi, tuple(probes))
+  return lo, hi
 
 
 def at_rate(layout: Layout, probe: Probe, rate: float) -> RateBracket:
@@ -239,6 +280,23 @@ def _refined(best: Layout, evaluated: set[Layout], space: SearchSpace, budget: B
   return [lay for lay in dict.fromkeys(out) if lay and lay not in evaluated]
 
 
+def _guesses(start: Sequence[Layout], known: dict[Layout, LayoutResult],
+             at: Callable[[Sequence[Layout]], list[LayoutResult]], budget: Budget,
+             price: Mapping[str, Price]) -> None:
+  """ISO_THROUGHPUT: the ``start`` layouts into ``known``, one at a time in
+  order: one whose feasibility the outcomes so far imply (it dominates a
+  feasible one or is dominated by an infeasible one) is not probed (its row
+  says the same as a probe would, with no probes)."""
+  for lay in start:
+    feasible = implied(known, lay)
+    if feasible is None:
+      known[lay] = at([lay])[0]
+    else:
+      rate = budget.rate
+      known[lay] = _row(lay, price, EvalMode.AT_RATE, RateBracket(
+          rate if feasible else 0.0, math.inf if feasible else rate, ()))
+
+
 def _best(rows: Sequence[LayoutResult], budget: Budget) -> LayoutResult | None:
   ok = [r for r in rows if r.feasible]
   if not ok:
@@ -262,8 +320,9 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
   kind pair when climbing); ``measure_winner`` (ISO_THROUGHPUT) bisects the
   winner's max rate too; ``hints`` ((prompt kind, token kind or None) ->
   :class:`Hint`): where CLIMB starts per kind pair (ignored otherwise);
-  ``start`` (ISO_THROUGHPUT): layouts probed first, e.g. a guess of the answer:
-  a feasible one bounds the walk at once, an infeasible one rules out every
+  ``start`` (ISO_THROUGHPUT): layouts probed first, in order, e.g. a guess of
+  the answer and a larger one: a feasible one bounds the walk at once (and a
+  later guess dominating it is not probed), an infeasible one rules out every
   layout it dominates (the answer is the same, with fewer probes); with
   ``space.local_refine`` and a feasible guess for every kind pair, the coarse
   grid is skipped and the finer one walked near the cheapest feasible guess.
@@ -277,8 +336,7 @@ def search(design: Design, space: SearchSpace, budget: Budget, probe: Probe, *,
       known: dict[Layout, LayoutResult] = {}
       at = lambda lays: _evaluate_all(lays, EvalMode.AT_RATE, budget.rate, price, run,
                                       bisection)
-      for row in at(list(dict.fromkeys(start))):
-        known[row.layout] = row
+      _guesses(list(dict.fromkeys(start)), known, at, budget, price)
       pairs = (set(itertools.product(space.prompt_kinds, space.token_kinds))
                if design == Design.SPLIT else {None})
       near = cheapest_by_pair(known, budget) if space.local_refine else {}

@@ -10,11 +10,13 @@ layout's max rate, :func:`climb_line`
 1. resolves a seed layout's max rate on the rate lattice
    (``splitjax.provision_rates``: the highest lattice rate it is feasible at,
    index ``kb``);
-2. walks one way from it: a neighbour feasible at ``kb + 1`` beats it (its
-   max rate is then resolved from there, a few probes, and the walk goes on
-   from it); one infeasible at ``kb + 1`` but feasible at ``kb`` ties (the
-   walk goes on); one infeasible at ``kb`` is strictly below the best, so by
-   unimodality so is everything further that way: the walk stops;
+2. walks one way from it, asking each neighbour about ``kb`` first: one
+   infeasible at ``kb`` is strictly below the best, so by unimodality so is
+   everything further that way: the walk stops (one probe); one feasible at
+   ``kb`` and at ``kb + 1`` beats it (its max rate is then resolved from
+   there, a few probes, and the walk goes on from it); one feasible at ``kb``
+   only ties (the walk goes on). Most walks end at the first neighbour, so
+   asking ``kb`` first spends one probe there instead of two;
 3. walks the other way from the seed the same, unless the best moved away
    from the seed by a strict improvement (then the seed is on the rising side
    and everything beyond it is lower).
@@ -80,11 +82,11 @@ def climb_line(line: Sequence[Layout], probe: Probe, settings: ClimbSettings,
     i = seed + direction
     while 0 <= i < len(line):
       kb, here = get(best).lo, get(i)
+      if not here.feasible_at(kb):
+        break            # strictly below the best: so is everything further (unimodal)
       if here.feasible_at(kb + 1):
         _resolve(here, kb + 1, settings)
         best = i
-      elif not here.feasible_at(kb):
-        break            # strictly below the best: so is everything further (unimodal)
       i += direction
   return rates
 

@@ -175,6 +175,11 @@ class SimProbe:
   base: SimConfig
   settings: ProbeSettings = ProbeSettings()
   inputs: tuple[tuple[str, str], ...] = ()
+  # Trace windows read so far (the workload with its rate fields zeroed -> the
+  # requests sizes are drawn from): a pure function of the trace file, kept so
+  # that the probes of one process parse it once.
+  windows: dict = dataclasses.field(default_factory=dict, init=False, compare=False,
+                                    repr=False)
 
   @classmethod
   def create(cls, base: SimConfig, settings: ProbeSettings = ProbeSettings()) -> SimProbe:
@@ -201,7 +206,7 @@ class SimProbe:
     from splitjax.sim.build import build
     from splitjax.sim.window import CertainVerdict, shortest_steps
     cfg = probe_config(self.base, layout, rate, self.settings)
-    sim, specs = build(cfg)
+    sim, specs = build(cfg, self._window(cfg))
     judged = self.settings.window.judged(specs, self.settings.horizon_s(rate))
     reference = slo.reference_perf_model(cfg)
     models = list({id(m): m for m in sim.perf.values()}.values())
@@ -219,6 +224,14 @@ class SimProbe:
     report = slo.check(slo.slowdowns(records, reference), cfg.slo)
     return ProbeOutcome(rate, report.met, len(specs), failed,
                         tuple(c.name for c in report.checks if not c.met))
+
+  def _window(self, cfg: SimConfig):
+    """``workload.trace_window`` of ``cfg``'s workload, read once per window."""
+    from splitjax import workload
+    key = dataclasses.replace(cfg.workload, rate=0.0, rate_duration_s=0.0, seed=0)
+    if key not in self.windows:
+      self.windows[key] = workload.trace_window(cfg.workload)
+    return self.windows[key]
 
   def check(self, layouts: Iterable[Layout]) -> None:
     """Fails early (ConfigError, TraceError, HardwareError, PerfModelError,

@@ -14,7 +14,7 @@ searches are identical cache entries.
 index probed feasible, the lowest probed infeasible) and answers "is it
 feasible at index k?" from that or by one probe; :meth:`LayoutRates.resolve`
 finds the max rate from a hint (a neighbour's or another search's answer:
-galloping 1, 2, 4 ... lattice steps from it, a few probes when the hint is
+galloping 1, 1, 2, 4 ... lattice steps from it, a few probes when the hint is
 close) or cold (from ``start_rate_per_machine`` x machines by steps of
 ``growth``), then bisects the index gap.
 """
@@ -100,15 +100,20 @@ class LayoutRates:
   def resolve(self, hint: int | None = None, growth: float = 2.0,
               start_rate_per_machine: float = 1.0) -> LayoutRates:
     """Probes until :attr:`resolved`. ``hint``: a lattice index near the answer
-    (gallop 1, 2, 4 ... steps from it); None: start at
-    ``start_rate_per_machine`` x machines and step by ``growth`` (rate factor)."""
+    (gallop 1, 1, 2, 4 ... steps from it: up while feasible, down while not); if
+    something is known already, from the known side unless ``hint`` lies
+    strictly inside what is known (then from the hint). None: from the known
+    side, or cold from ``start_rate_per_machine`` x machines by steps of
+    ``growth`` (rate factor). Then bisects the gap."""
     lat = self.lattice
     if hint is None:
       k = lat.below(start_rate_per_machine * self.layout.machines)
       step = lambda n: lat.steps(growth)
     else:
       k = min(max(hint, lat.low), lat.high)
-      step = lambda n: 2 ** n
+      step = _gallop
+      if (self.lo >= lat.low or self.hi <= lat.high) and self.lo < k < self.hi:
+        self._gallop_from(k)
     n = 0
     while not self.resolved and (self.lo < lat.low or self.hi > lat.high):
       if self.lo >= lat.low:                   # feasible somewhere, no ceiling yet
@@ -120,6 +125,18 @@ class LayoutRates:
       self.feasible_at((self.lo + self.hi) // 2)
     return self
 
+  def _gallop_from(self, k: int) -> None:
+    """Probes ``k``, then 1, 1, 2, 4 ... steps further in the direction its outcome
+    points (up if feasible), until the outcome changes or a known bound (or the
+    lattice's end) is reached."""
+    lat, n = self.lattice, 0
+    up = self.feasible_at(k)
+    while not self.resolved:
+      k = min(self.lo + _gallop(n), lat.high) if up else max(self.hi - _gallop(n), lat.low)
+      if not self.lo < k < self.hi or self.feasible_at(k) != up:
+        return
+      n += 1
+
   def bracket(self) -> RateBracket:
     """The :class:`~splitjax.provision.RateBracket` of what is known (req/s)."""
     from splitjax.provision import RateBracket
@@ -127,3 +144,9 @@ class LayoutRates:
     lower = lat.rate(self.lo) if self.lo >= lat.low else 0.0
     upper = lat.rate(self.hi) if self.hi <= lat.high else math.inf
     return RateBracket(lower, upper, tuple(self.probes))
+
+
+def _gallop(n: int) -> int:
+  """The ``n``-th step (lattice points) of a gallop from a hint: 1, 1, 2, 4, 8 ...
+  (most answers lie within a step or two of their hint: cheaper than 1, 2, 4)."""
+  return 2 ** (n - 1) if n else 1

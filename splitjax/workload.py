@@ -171,27 +171,49 @@ def shared_trace_path(name: str, data_dir: str | os.PathLike | None = None) -> P
   return Path(data_dir) / "azure-llm-2023" / f"AzureLLMInferenceTrace_{name}.csv"
 
 
-def build(cfg, max_context: int) -> list[RequestSpec]:
-  """The workload a ``serve_config.WorkloadConfig`` describes, lengths capped to
-  ``max_context`` (prompt + output) and to the config's own caps.
+def _trace_path(cfg) -> Path:
+  return Path(cfg.trace) if cfg.trace.endswith(".csv") else shared_trace_path(
+      cfg.trace, cfg.data_dir or None)
+
+
+def trace_window(cfg) -> list[RequestSpec]:
+  """The trace requests a ``serve_config.WorkloadConfig`` replays or resamples:
+  its window (``source`` TRACE) or the whole trace (synthetic sources). A
+  function of the trace file and the window fields only (not ``rate``,
+  ``rate_duration_s``, ``seed`` nor the length caps).
 
   Raises TraceError for a missing or malformed trace (naming file and line).
   """
   from splitjax.serve_config import WorkloadSource   # serve_config is plain Python
-  path = Path(cfg.trace) if cfg.trace.endswith(".csv") else shared_trace_path(
-      cfg.trace, cfg.data_dir or None)
-  trace = read_azure_trace(path)
+  trace = read_azure_trace(_trace_path(cfg))
+  if cfg.source != WorkloadSource.TRACE:
+    return trace
+  return select(trace, start_s=cfg.start_s, duration_s=cfg.duration_s or None,
+                rate_scale=cfg.rate_scale, max_requests=cfg.max_requests or None)
+
+
+def build(cfg, max_context: int,
+          window: Sequence[RequestSpec] | None = None) -> list[RequestSpec]:
+  """The workload a ``serve_config.WorkloadConfig`` describes, lengths capped to
+  ``max_context`` (prompt + output) and to the config's own caps. ``window``:
+  :func:`trace_window` of ``cfg`` if the caller has it already (e.g. kept for
+  many workloads of one trace window); read here if None.
+
+  Raises TraceError for a missing or malformed trace (naming file and line).
+  """
+  from splitjax.serve_config import WorkloadSource   # serve_config is plain Python
+  window = trace_window(cfg) if window is None else window
   if cfg.source == WorkloadSource.TRACE:
-    specs = select(trace, start_s=cfg.start_s, duration_s=cfg.duration_s or None,
-                   rate_scale=cfg.rate_scale, max_requests=cfg.max_requests or None)
+    specs = window
     if cfg.rate > 0:
       if not specs:
-        raise TraceError(f"{path}: no requests in the window to resample sizes from")
+        raise TraceError(f"{_trace_path(cfg)}: no requests in the window to resample sizes "
+                         f"from")
       specs = synthetic(cfg.rate, len(specs), specs, seed=cfg.seed,
                         duration_s=cfg.rate_duration_s or None)
   else:
     process = ArrivalProcess(cfg.source.value)
-    specs = synthetic(cfg.rate_per_s, cfg.max_requests or cfg.num_requests, trace,
+    specs = synthetic(cfg.rate_per_s, cfg.max_requests or cfg.num_requests, window,
                       process=process, cv=cfg.cv, seed=cfg.seed)
   out = []
   for s in specs:

@@ -213,3 +213,37 @@ def test_searches_start_from_the_answers_they_depend_on():
   cap = P.hhcap_spec(P.Trace.CONV, 100.0)
   assert R.start_for(cap, outcomes, S) == [Layout(Pool(17, H), Pool(14, CAP)),
                                            Layout(Pool(21, H), Pool(17, CAP))]
+
+
+@pytest.mark.parametrize("surface", [
+    lambda p, k: 2.0 * p + 1.5 * k,                        # both pools add
+    lambda p, k: min(5.0 * p, 3.0 * k),                    # one pool binds
+    lambda p, k: 60.0 * (p * k) ** 0.3 / (1 + 0.01 * p),   # curved
+    lambda p, k: 57.4,                                     # flat
+], ids=["additive", "bottleneck", "curved", "flat"])
+@pytest.mark.parametrize("known", [{}, {(20, 20): None, (30, 10): None},
+                                   {(15, 25): None, (25, 15): None}],
+                         ids=["cold", "known", "known-off-grid"])
+def test_the_hh_sweep_grid_finds_every_cells_lattice_rate(surface, known):
+  from splitjax.paper_checks import sweep_grid
+  from splitjax.provision import Bisection, ProbeOutcome
+  from splitjax.provision_rates import LayoutRates, RateLattice
+  lattice = RateLattice.of(Bisection(tolerance=0.05))
+  calls = []
+
+  def probe(layout, rate):
+    calls.append((layout, rate))
+    return ProbeOutcome(rate, rate <= surface(layout.prompt.machines, layout.token.machines), 1)
+
+  counts = (10, 20, 30, 40)
+  truth = {(p, k): LayoutRates(Layout(Pool(p, H), Pool(k, H)), probe, lattice).resolve()
+           for p in counts for k in counts}
+  brute = len(calls)
+  known = {c: LayoutRates(Layout(Pool(c[0], H), Pool(c[1], H)), probe, lattice).resolve()
+           .bracket().lower for c in known}
+  calls.clear()
+  got = sweep_grid(probe, counts, H, lattice, known)
+  assert [(r.layout.prompt.machines, r.layout.token.machines) for r in got] == list(truth)
+  assert [r.bracket().lower for r in got] == [r.bracket().lower for r in truth.values()]
+  assert not {(c[0].prompt.machines, c[0].token.machines) for c in calls} & set(known)
+  assert len(calls) < 0.6 * brute          # each cell resolved alone: brute

@@ -172,7 +172,29 @@ def test_max_rate_edges():
   r = pv.max_rate(lay, lambda layout, rate: ProbeOutcome(rate, rate <= 70.0, 1), b,
                   feasible_at=70.0)
   assert r.lower == 70.0 and 70.0 < r.upper <= 70.0 * 1.025
-  assert r.probes[0].rate == 100.0                            # 70 x 2, capped at max_rate
+  assert len(r.probes) == 1 and r.probes[0].rate == r.upper  # the lowest it would ask fails
+
+
+@pytest.mark.parametrize("true_max", [70.0, 71.0, 74.0, 90.0, 139.0, 141.0, 500.0])
+def test_max_rate_from_a_feasible_rate_gives_the_plain_bisections_bracket(true_max):
+  lay = Layout(colocated=Pool(4, H))
+  b = Bisection(tolerance=0.05, max_rate=1000.0)
+  calls = []
+
+  def probe(layout, rate):
+    calls.append(rate)
+    return ProbeOutcome(rate, rate <= true_max, 1)
+
+  asked = []
+
+  def plain(rate):                          # the bisection, every rate probed in turn
+    asked.append(rate)
+    return true_max >= rate
+  r = pv.max_rate(lay, probe, b, feasible_at=70.0)
+  assert (r.lower, r.upper) == pv._bisect(plain, b, lay, 70.0)
+  assert len(calls) == len(set(calls)) == len(r.probes) <= len(asked) + 1
+  if true_max < 70.0 * 1.04:
+    assert len(calls) == 1
 
 
 def test_bisection_settings_are_checked():
@@ -379,6 +401,22 @@ def test_probes_at_different_rates_replay_the_same_requests_time_scaled(tmp_path
   assert [s.arrival_s * 3.0 for s in slow] == pytest.approx([s.arrival_s * 11.0 for s in fast])
 
 
+def test_a_sim_probe_reads_its_trace_once_and_probes_as_a_fresh_one_would(tmp_path,
+                                                                           monkeypatch):
+  from splitjax import workload
+  base = _roofline_base(_tiny_trace(tmp_path / "t.csv"))
+  settings = pv.ProbeSettings(requests=200, min_duration_s=0.0)
+  lay = Layout(Pool(1, H), Pool(1, H))
+  reads = []
+  read = workload.read_azure_trace
+  monkeypatch.setattr(workload, "read_azure_trace", lambda path: reads.append(path) or read(path))
+  probe = pv.SimProbe.create(base, settings)
+  kept = [probe(lay, rate) for rate in (2.0, 9.0, 40.0)]
+  assert len(reads) == 1
+  assert kept == [pv.SimProbe.create(base, settings)(lay, rate) for rate in (2.0, 9.0, 40.0)]
+  assert probe == pv.SimProbe.create(base, settings)          # the windows are no input
+
+
 def test_sim_probe_check_fails_early_on_a_missing_trace(tmp_path):
   probe = pv.SimProbe.create(_roofline_base(_tiny_trace(tmp_path / "t.csv")))
   (tmp_path / "t.csv").unlink()
@@ -417,3 +455,16 @@ def test_iso_throughput_from_a_guess_finds_the_same_cheapest_with_fewer_probes(r
   found = pv.search(Design.SPLIT, space, budget, probe, workers=1, start=guess)
   assert found.best.layout == best and len(probe.calls) < plain.probes
   assert guess[0] in {r.layout for r in found.rows}
+
+
+def test_a_guess_implied_by_an_earlier_one_is_not_probed():
+  space = SearchSpace(step=5, max_machines=50, refine_step=1, local_refine=True)
+  budget = Budget(BudgetKind.ISO_THROUGHPUT, rate=70.0)
+  best = pv.search(Design.SPLIT, space, budget, FakeProbe(), workers=1).best.layout
+  bigger = Layout(Pool(best.prompt.machines + 3, H), Pool(best.token.machines + 1, H))
+  probe = FakeProbe()
+  found = pv.search(Design.SPLIT, space, budget, probe, workers=1, start=[best, bigger])
+  assert found.best.layout == best
+  assert all(c[0] != bigger for c in probe.calls)                  # implied feasible
+  row = next(r for r in found.rows if r.layout == bigger)
+  assert row.feasible and row.max_rate == 70.0 and row.rates.probes == ()

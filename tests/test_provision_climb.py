@@ -69,3 +69,37 @@ def test_the_climb_finds_the_sweeps_best_on_unimodal_lines_with_plateaus(peak, h
   every = {lay: LayoutRates(lay, _probe(surface), LATTICE).resolve() for lay in line}
   assert best_on_line(rates, measure) == best_on_line(every, measure)
   assert len(probe.calls) < sum(len(r.probes) for r in every.values()) / 2
+
+
+def test_a_walk_ends_after_one_probe_at_each_lower_neighbour():
+  n, peak = 9, 5
+  surface = lambda layout: 100.0 / 1.2 ** abs(layout.prompt.machines - peak)
+  line = _line(n)
+  probe = _probe(surface)
+  kb = LATTICE.below(100.0)
+  rates = climb_line(line, probe, ClimbSettings(LATTICE), Hint(peak, LATTICE.rate(kb)))
+  assert best_on_line(rates, lambda lay: lay.prompt.machines) == line[peak - 1]
+  # the seed: its lattice rate, then one step up; each neighbour: only the best's rate
+  assert [(c[0].prompt.machines, round(math.log(c[1], 1.05))) for c in probe.calls] == [
+      (peak, kb), (peak, kb + 1), (peak + 1, kb), (peak - 1, kb)]
+
+
+@pytest.mark.parametrize("below,above", [(5, None), (None, 5), (5, 5), (12, 3)])
+@pytest.mark.parametrize("off", [-4, -1, 0, 1, 2, 7])
+def test_a_hint_inside_known_bounds_is_probed_first_and_the_answer_is_the_same(below, above,
+                                                                             off):
+  lay = Layout(colocated=Pool(40, H))
+  k = LATTICE.below(99.3)
+  probe = _probe(lambda layout: 99.3)
+  r = LayoutRates(lay, probe, LATTICE)
+  if below is not None:
+    r.lo = k - below
+  if above is not None:
+    r.hi = k + 1 + above
+  lo, hi = r.lo, r.hi
+  r.resolve(k + off)
+  assert r.bracket().lower == LATTICE.rate(k) and r.resolved
+  steps = [round(math.log(c[1], 1.05)) for c in probe.calls]
+  assert all(lo < s < hi for s in steps) and len(steps) == len(set(steps))
+  if lo < k + off < hi:
+    assert steps[0] == k + off

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from splitjax import workload
 from splitjax.config import ConfigError
 from splitjax.scheduling.coordinator import Coordinator, make_policies
@@ -45,10 +47,12 @@ def perf_model(cfg: SimConfig, hw: Hardware) -> PerfModel:
                                    batch_only_decode=c.decode_model == DecodeModel.BATCH_ONLY)
 
 
-def build(cfg: SimConfig) -> tuple[Simulator, list[workload.RequestSpec]]:
-  """Instances (one per machine), the coordinator, perf models, the workload."""
+def build(cfg: SimConfig, window: Sequence[workload.RequestSpec] | None = None
+          ) -> tuple[Simulator, list[workload.RequestSpec]]:
+  """Instances (one per machine), the coordinator, perf models, the workload
+  (``window``: ``workload.trace_window(cfg.workload)`` if the caller has it)."""
   c, s = cfg.cluster, cfg.scheduler
-  specs = workload.build(cfg.workload, cfg.model.max_seq_len)   # bad traces fail first
+  specs = workload.build(cfg.workload, cfg.model.max_seq_len, window)   # bad traces fail first
   pools = ([(Role.PROMPT, c.prompt), (Role.TOKEN, c.token)] if s.policy == ClusterPolicy.SPLIT
            else [(Role.COLOCATED, c.colocated)])
   instances, hardware, models = [], {}, {}
