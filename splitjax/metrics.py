@@ -124,6 +124,30 @@ class RequestRecord:
     return [b - a for a, b in zip(t, t[1:])]
 
 
+def add_decode_tokens(records: Sequence[RequestRecord], first_s: float, last_s: float, n: int,
+                      inner_max_gap_s: float) -> dict[float, int]:
+  """``RequestRecord.add_tokens(first_s, last_s, n, inner_max_gap_s)`` for each
+  of ``records`` (the decode rows of one step or leap; records keeping no
+  token times), in one loop; returns each previous token time -> how many of
+  them had it (their gaps into this step)."""
+  since: dict[float, int] = {}
+  get = since.get
+  inner = inner_max_gap_s if n > 1 else None
+  for rec in records:
+    prev = rec.last_token_s
+    since[prev] = get(prev, 0) + 1
+    gap = inner
+    if prev is None:
+      rec.first_token_s = first_s
+    elif gap is None or first_s - prev > gap:
+      gap = first_s - prev
+    if gap is not None and (rec.max_itl_s is None or gap > rec.max_itl_s):
+      rec.max_itl_s = gap
+    rec.last_token_s = last_s
+    rec.tokens += n
+  return since
+
+
 class GapSample:
   """A multiset of inter-token gaps stored as (values, weight) runs, for runs
   too large to keep every token time. A decode step shared by a batch of

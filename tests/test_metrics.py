@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+from splitjax import metrics
 from splitjax.metrics import (CSV_FIELDS, GapSample, Percentiles, RequestRecord, RequestStatus,
                               summarize, write_requests_csv)
 
@@ -130,3 +131,23 @@ def test_requests_csv_is_what_csv_writer_writes(rows):
     write_requests_csv(records, f"{d}/r.csv")
     with open(f"{d}/r.csv", newline="") as f:
       assert f.read() == want.getvalue()
+
+
+@given(st.lists(st.tuples(st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+                          st.floats(0, 1, allow_nan=False), st.floats(0, 1, allow_nan=False),
+                          st.integers(1, 5), st.floats(0, 0.5, allow_nan=False)),
+                min_size=1, max_size=8))
+def test_decode_rows_at_once_equal_one_record_at_a_time(steps):
+  one = [RequestRecord(i, 0.0, 10, 50, token_times_s=None) for i in range(4)]
+  many = [RequestRecord(i, 0.0, 10, 50, token_times_s=None) for i in range(4)]
+  t = 0.0
+  for rows, gap_in, span, n, inner in steps:
+    first = t + gap_in
+    last = first + (span if n > 1 else 0.0)
+    t = last
+    expected: dict = {}
+    for i in rows:
+      expected[one[i].last_token_s] = expected.get(one[i].last_token_s, 0) + 1
+      one[i].add_tokens(first, last, n, inner)
+    assert metrics.add_decode_tokens([many[i] for i in rows], first, last, n, inner) == expected
+    assert many == one

@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from splitjax.metrics import GapSample, RequestRecord, RequestStatus, summarize
+from splitjax.metrics import (GapSample, RequestRecord, RequestStatus, add_decode_tokens,
+                              summarize)
 from splitjax.occupancy import pool_sample
 from splitjax.runtime.loop import RunResult, admit
 from splitjax.scheduling.coordinator import Coordinator
@@ -271,6 +272,14 @@ class Simulator:
       times = ends.tolist() if self.keep_token_times else None
     else:
       diffs, inner, times = None, 0.0, None
+    if not work.chunks and not self.keep_token_times:   # every emitted request: a decode row
+      rows = len(emitted)
+      since = add_decode_tokens([records[r.request_id] for r in emitted], first, last, n, inner)
+      for prev, count in since.items():  # a row's gap into this step, once per distinct start
+        gaps.add_value(first - prev, count)
+      if diffs is not None:
+        gaps.add(diffs, rows)
+      return
     # Every emitted request is a decode row unless prompt chunks finished here.
     decode = {id(r) for r in work.decode} if work.chunks else None
     rows, since = 0, {}                  # previous token time -> rows (usually one or two)
