@@ -180,6 +180,9 @@ class SimProbe:
   # that the probes of one process parse it once.
   windows: dict = dataclasses.field(default_factory=dict, init=False, compare=False,
                                     repr=False)
+  # Perf models built so far, by hardware name (for the base config's model and
+  # perf settings, which every probe shares): parsed once per process.
+  models: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False)
 
   @classmethod
   def create(cls, base: SimConfig, settings: ProbeSettings = ProbeSettings()) -> SimProbe:
@@ -206,9 +209,9 @@ class SimProbe:
     from splitjax.sim.build import build
     from splitjax.sim.window import CertainVerdict, shortest_steps
     cfg = probe_config(self.base, layout, rate, self.settings)
-    sim, specs = build(cfg, self._window(cfg))
+    sim, specs = build(cfg, self._window(cfg), self.models)
     judged = self.settings.window.judged(specs, self.settings.horizon_s(rate))
-    reference = slo.reference_perf_model(cfg)
+    reference = slo.reference_perf_model(cfg, self.models)
     models = list({id(m): m for m in sim.perf.values()}.values())
     longest = max((s.prompt_tokens + s.output_tokens for s in judged), default=0)
     stop = CertainVerdict(sim.records, judged, slo.reference_latencies(

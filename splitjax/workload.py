@@ -151,8 +151,9 @@ def synthetic(rate_per_s: float, num_requests: int, lengths_from: Sequence[Reque
     arrivals = arrivals[arrivals < duration_s]
     num_requests = len(arrivals)
   picks = rng.integers(0, len(lengths_from), num_requests)
-  return [RequestSpec(i, float(a), lengths_from[j].prompt_tokens, lengths_from[j].output_tokens)
-          for i, (a, j) in enumerate(zip(arrivals, picks))]
+  sizes = [(s.prompt_tokens, s.output_tokens) for s in lengths_from]
+  return [RequestSpec(i, a, *sizes[j])
+          for i, (a, j) in enumerate(zip(arrivals.tolist(), picks.tolist()))]
 
 
 def prompt_token_ids(spec: RequestSpec, vocab_size: int, seed: int = 0) -> list[int]:

@@ -47,15 +47,19 @@ def perf_model(cfg: SimConfig, hw: Hardware) -> PerfModel:
                                    batch_only_decode=c.decode_model == DecodeModel.BATCH_ONLY)
 
 
-def build(cfg: SimConfig, window: Sequence[workload.RequestSpec] | None = None
+def build(cfg: SimConfig, window: Sequence[workload.RequestSpec] | None = None,
+          models: dict[str, PerfModel] | None = None
           ) -> tuple[Simulator, list[workload.RequestSpec]]:
   """Instances (one per machine), the coordinator, perf models, the workload
-  (``window``: ``workload.trace_window(cfg.workload)`` if the caller has it)."""
+  (``window``: ``workload.trace_window(cfg.workload)`` if the caller has it;
+  ``models``: hardware name -> :func:`perf_model` already built for ``cfg``'s
+  model and perf settings, filled in with the ones built here)."""
   c, s = cfg.cluster, cfg.scheduler
   specs = workload.build(cfg.workload, cfg.model.max_seq_len, window)   # bad traces fail first
   pools = ([(Role.PROMPT, c.prompt), (Role.TOKEN, c.token)] if s.policy == ClusterPolicy.SPLIT
            else [(Role.COLOCATED, c.colocated)])
-  instances, hardware, models = [], {}, {}
+  instances, hardware = [], {}
+  models = {} if models is None else models
   for role, pool in pools:
     hw = get_hardware(pool.hardware)
     if hw.name not in models:

@@ -76,13 +76,20 @@ def reference_latencies(perf: PerfModel, prompt_tokens: Sequence[int],
   return ReferenceLatencies(ttft, tbt, ttft + decode)
 
 
-def reference_perf_model(cfg: SimConfig) -> PerfModel:
+def reference_perf_model(cfg: SimConfig, models: dict[str, PerfModel] | None = None
+                         ) -> PerfModel:
   """The run's perf-model kind for its model on one ``cfg.slo.reference_hardware``
-  machine; a PerfModelError naming the way out if that machine has no profile."""
+  machine; a PerfModelError naming the way out if that machine has no profile.
+  ``models``: as for ``sim.build.build`` (read and filled in)."""
   from splitjax.sim.build import perf_model
   hw = get_hardware(cfg.slo.reference_hardware)
+  if models is not None and hw.name in models:
+    return models[hw.name]
   try:
-    return perf_model(cfg, hw)
+    model = perf_model(cfg, hw)
+    if models is not None:
+      models[hw.name] = model
+    return model
   except PerfModelError as e:
     raise PerfModelError(
         f"SLO reference machine '{hw.name}' cannot price {cfg.model.name}: {e}. Set "
