@@ -82,21 +82,11 @@ class RequestRecord:
     """``n`` tokens emitted from ``first_s`` to ``last_s``, consecutive ones at
     most ``inner_max_gap_s`` apart (0 for one token). O(1) unless every time is
     kept; then ``times`` (the ``n`` times) must be given."""
-    prev = self.last_token_s
-    gap = inner_max_gap_s if n > 1 else None
-    if prev is None:
-      self.first_token_s = first_s
-    elif gap is None or first_s - prev > gap:
-      gap = first_s - prev
-    if gap is not None and (self.max_itl_s is None or gap > self.max_itl_s):
-      self.max_itl_s = gap
-    self.last_token_s, self.tokens = last_s, self.tokens + n
+    if self.token_times_s is not None and times is None and n != 1:
+      raise ValueError("this record keeps every token time: pass times")
+    add_decode_tokens((self,), first_s, last_s, n, inner_max_gap_s)
     if self.token_times_s is not None:
-      if times is None:
-        if n != 1:
-          raise ValueError("this record keeps every token time: pass times")
-        times = (first_s,)
-      self.token_times_s.extend(times)
+      self.token_times_s.extend((first_s,) if times is None else times)
 
   @property
   def queue_s(self) -> float | None:
@@ -126,10 +116,11 @@ class RequestRecord:
 
 def add_decode_tokens(records: Sequence[RequestRecord], first_s: float, last_s: float, n: int,
                       inner_max_gap_s: float) -> dict[float, int]:
-  """``RequestRecord.add_tokens(first_s, last_s, n, inner_max_gap_s)`` for each
-  of ``records`` (the decode rows of one step or leap; records keeping no
-  token times), in one loop; returns each previous token time -> how many of
-  them had it (their gaps into this step)."""
+  """The token statistics of ``RequestRecord.add_tokens(first_s, last_s, n,
+  inner_max_gap_s)`` for each of ``records`` (e.g. the decode rows of one step
+  or leap), in one loop; token time lists are not touched (``add_tokens`` adds
+  them). Returns each previous token time -> how many of them had it (their
+  gaps into this step)."""
   since: dict[float, int] = {}
   get = since.get
   inner = inner_max_gap_s if n > 1 else None
