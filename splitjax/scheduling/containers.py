@@ -31,7 +31,7 @@ class TokenDeque(collections.deque):
     self.tally.value += w
     self.notify()
 
-  def append(self, r):
+  def append(self, r):           # (append / popleft: _grew inlined, the hot paths)
     super().append(r)
     w = self.weight(r)
     self.tokens += w

@@ -86,10 +86,9 @@ class MixedPool:
     self._mixed: set[Instance] = set()
     # Cluster sums the instances keep up to date (Instance.feed): pending prompt
     # tokens of prompt + mixed instances, KV tokens and requests of token +
-    # mixed ones; the rest feed ``_ignored``. ``_fed``: the role each feeds as.
+    # mixed ones; the rest feed ``_ignored`` (re-pointed when a role changes).
     self._prompt_sum, self._kv_sum, self._rows_sum = Tally(), Tally(), Tally()
     self._ignored = Tally()
-    self._fed: dict[Instance, Role] = {}
     self._inv_cap = self._inv_slots = 0.0  # the largest 1 / KV tokens, 1 / decode slots
     self._fresh = True               # ``_loads`` holds every instance's load (see rebalance)
     self._new_roles: set[Instance] = set()   # role changed since the loads were last read
@@ -125,7 +124,6 @@ class MixedPool:
     ignored = self._ignored
     i.feed(self._prompt_sum if prompt else ignored, self._kv_sum if token else ignored,
            self._rows_sum if token else ignored)
-    self._fed[i] = role
 
   def _surely_quiet(self) -> bool:
     """Quiet whatever the changed instances' loads are now (O(1)): no role
@@ -173,8 +171,6 @@ class MixedPool:
 
   def _reload(self, i: Instance, role: Role, old: tuple | None) -> bool:
     """Re-reads ``i``'s load under ``role`` (its cached one: ``old``); whether it moved."""
-    if self._fed.get(i) is not role:
-      self._feed(i, role)
     if role is _PROMPT:                    # role slot k, pending p, token pressure q
       k, p, q = 0, i.pending_prompt_tokens, 0.0
     elif role is _TOKEN:
@@ -188,7 +184,8 @@ class MixedPool:
       return False                         # unchanged: the sums stay as they are
     pending, pressure, count = self._pending, self._pressure, self._count
     self._loads[i] = new
-    if old is None or old[0] != k:
+    if old is None or old[0] != k:         # a new role (slot): counted and fed as such
+      self._feed(i, role)
       if old is not None:
         count[old[0]] -= 1
       count[k] += 1
