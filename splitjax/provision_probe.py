@@ -27,8 +27,10 @@ from splitjax.sim.window import MeasureWindow
 # Bump when what a cached outcome means changes (not needed for config or input
 # file changes: those change the key). 4: leap mode no longer leaps a borrowed
 # instance with prompts queued (StepPolicy.repeats_decode): heavily borrowing
-# layouts simulate as stepping does.
-CACHE_VERSION = 4
+# layouts simulate as stepping does. 5: early stops use sound bounds (tokens a
+# running leap emitted were missed, which could overstate a latency bound) and
+# also stop once every check is certain to hold.
+CACHE_VERSION = 5
 
 
 class CacheMiss(LookupError):
@@ -214,11 +216,13 @@ class SimProbe:
     reference = slo.reference_perf_model(cfg, self.models)
     models = list({id(m): m for m in sim.perf.values()}.values())
     longest = max((s.prompt_tokens + s.output_tokens for s in judged), default=0)
-    stop = CertainVerdict(sim.records, judged, slo.reference_latencies(
+    stop = CertainVerdict(sim, judged, slo.reference_latencies(
         reference, [s.prompt_tokens for s in judged], [s.output_tokens for s in judged]),
         cfg.slo, min_step_s=shortest_steps(models, longest),
         every_s=self.settings.horizon_s(rate) / 40)
     result = sim.run(specs, stop=stop)
+    if stop.passed:                     # stopped early: certain to hold
+      return ProbeOutcome(rate, True, len(specs))
     ids = {s.request_id for s in judged}
     records = [r for r in result.records if r.request_id in ids]
     failed = sum(r.status != RequestStatus.COMPLETED for r in records)

@@ -361,6 +361,28 @@ class Simulator:
     run.version += 1
     self._push(run.last, _DONE, work, self._index[work.instance], run.version)
 
+  def in_flight(self, now: float) -> dict[int, tuple[int, float]]:
+    """What the records do not show yet at ``now`` (between events): request id
+    -> (tokens emitted before ``now`` by a leap still running, the time of its
+    next token), for each request that gets a token from a work in progress.
+    That next token is certain: a cut keeps the step in progress."""
+    out = {}
+    for run in self._running.values():
+      work, ends = run.work, run.ends
+      if len(ends) == 1:
+        k, nxt = 0, run.first
+      else:
+        k = int(ends.searchsorted(now, side="left"))    # steps that ended before now
+        nxt = ends.item(k)
+      for r in work.decode:
+        out[r.request_id] = (k, nxt)
+      for r in work.prefill:
+        out[r.request_id] = (0, nxt)
+      for c in work.chunks:
+        if c.last:
+          out[c.request.request_id] = (0, nxt)
+    return out
+
   def _stop(self, t: float) -> None:
     """Ends the run at ``t``: whatever has not ended fails, saying so."""
     self.now = self.stopped_s = t

@@ -39,10 +39,12 @@ def _verdict(cfg: SimConfig, window: MeasureWindow, early: bool, every_s: float 
   ref = slo.reference_latencies(perf, [s.prompt_tokens for s in judged],
                                 [s.output_tokens for s in judged])
   longest = max(s.prompt_tokens + s.output_tokens for s in judged)
-  stop = (CertainVerdict(sim.records, judged, ref, cfg.slo,
+  stop = (CertainVerdict(sim, judged, ref, cfg.slo,
                          shortest_steps(list(set(sim.perf.values())), longest), every_s)
           if early else None)
   result = sim.run(specs, stop=stop)
+  if stop is not None and stop.passed:
+    return True, stop, sim
   ids = {s.request_id for s in judged}
   records = [r for r in result.records if r.request_id in ids]
   failed = sum(r.status != RequestStatus.COMPLETED for r in records)
@@ -65,10 +67,47 @@ def test_early_stop_gives_the_verdict_of_the_whole_run(tmp_path_factory, rate, m
   cut, cut_report, cut_sim = _verdict(cfg, w, early=True, every_s=every_s)
   assert full == cut
   assert cut_sim.events <= full_sim.events
-  if cut:                         # stopped only once every judged request ended: same numbers
+  if cut and not isinstance(cut_report, CertainVerdict):  # every judged request ended
     assert cut_report.slowdown_dict() == full_report.slowdown_dict()
-  else:
-    assert not full_report.met or full_sim.stopped_s is None
+
+
+@settings(max_examples=8, deadline=None)
+@given(rate=st.sampled_from([2.0, 6.0, 15.0, 40.0]),
+       machines=st.sampled_from([(1, 1), (2, 1), (1, 2)]),
+       leap=st.booleans())
+def test_bounds_never_pass_the_values_the_run_ends_with(tmp_path_factory, rate, machines, leap):
+  """At every sample, each pending request's bounds hold against its final
+  record: last token no earlier than bounded, first token as stated. (Leaps
+  emit tokens their records show only at the leap's end.)"""
+  cfg = _config(tmp_path_factory.mktemp("b"), rate, machines)
+  sim, specs = build(cfg)
+  sim.leap = leap
+  ref = slo.reference_latencies(slo.reference_perf_model(cfg), [s.prompt_tokens for s in specs],
+                                [s.output_tokens for s in specs])
+  longest = max(s.prompt_tokens + s.output_tokens for s in specs)
+  verdict = CertainVerdict(sim, specs, ref, cfg.slo,
+                           shortest_steps(list(set(sim.perf.values())), longest))
+  seen, mid_leap = {}, 0
+  def stop(now):
+    nonlocal mid_leap
+    flight = sim.in_flight(now)
+    mid_leap += any(done for done, _ in flight.values())
+    for rid, rec in sim.records.items():
+      if rec.status == RequestStatus.PENDING and rec.arrival_s <= now:
+        first, end = verdict._bounds(rec, now, flight.get(rid))
+        seen.setdefault(rid, []).append((now, first, end))
+    return False
+  sim.run(specs, stop=stop)
+  assert seen
+  for rid, bounds in seen.items():
+    rec = sim.records[rid]
+    assert rec.status == RequestStatus.COMPLETED
+    for now, first, end in bounds:
+      assert end <= rec.last_token_s, (rid, now)
+      assert first is None or first == rec.first_token_s, (rid, now)
+      assert first is not None or rec.first_token_s >= now, (rid, now)
+  if leap and rate >= 15.0:
+    assert mid_leap                    # the case the in-flight tokens are for did occur
 
 
 def test_an_overloaded_probe_stops_early_and_a_window_skips_the_drain(tmp_path):
@@ -79,9 +118,16 @@ def test_an_overloaded_probe_stops_early_and_a_window_skips_the_drain(tmp_path):
   failed = [r for r in sim.records.values() if r.status == RequestStatus.FAILED]
   assert failed and all("the run stopped at" in r.reason for r in failed)
   easy = _config(tmp_path, 0.5, (1, 1))
-  ok, _, sim = _verdict(easy, MeasureWindow(0.0, 0.5), early=True)
+  ok, stop, sim = _verdict(easy, MeasureWindow(0.0, 0.5), early=True)
   assert ok and sim.stopped_s is not None                    # the second half is never run
   assert sim.stopped_s < easy.workload.rate_duration_s
+  # Certain to hold before the last judged request ends: the few still pending
+  # could not fail a check even with unbounded latencies.
+  assert stop.passed and "certain to hold" in stop.reason
+  judged = MeasureWindow(0.0, 0.5).judged(sorted(sim.records.values(),
+                                                 key=lambda r: r.arrival_s),
+                                          easy.workload.rate_duration_s)
+  assert any(r.status == RequestStatus.FAILED for r in judged)  # ended by the stop
 
 
 def test_window_selects_arrivals():
