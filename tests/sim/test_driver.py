@@ -81,6 +81,9 @@ def test_leap_equals_stepping_request_by_request(reqs, policy):
     assert a.transfer_s == b.transfer_s and a.transfer_bytes == b.transfer_bytes
   s = leapt.summary
   assert s.completed + s.failed + s.rejected == s.submitted == len(specs)
+  # Without faults nothing fails: an accepted request is never left stuck (what
+  # lets a probe stop once its checks are certain to hold, sim.window).
+  assert s.failed == 0 and stepped.summary.failed == 0
   assert all(len(r.token_times_s) == r.output_tokens for r in leapt.records
              if r.status == RequestStatus.COMPLETED)
   assert stepped.role_changes == leapt.role_changes
