@@ -29,8 +29,8 @@ from splitjax import cli  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output_dir", "runs/paper", "Where the report goes.")
 _QUICK = flags.DEFINE_bool("quick", False, "Shorter probes, coarser grid, looser bisection.")
-_WORKERS = flags.DEFINE_integer("workers", 0, "Processes running searches (0: one per CPU, "
-                                 "at most 2).")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Processes running searches (0: one per CPU "
+                                 "this process may use).")
 _CACHE = flags.DEFINE_string("cache_dir", cli.repo_path(".cache", "provision"),
                              "Probe outcome cache ('' disables it).")
 _TRACES = flags.DEFINE_list("traces", ["code", "conv"], "Azure traces (code, conv).")
@@ -85,8 +85,6 @@ def _cpu_s() -> float:
 
 def main(argv):
   del argv
-  import os
-
   from splitjax import paper as P
   from splitjax.config import to_plain_dict
   from splitjax.paper_plan import Extras, run
@@ -105,7 +103,7 @@ def main(argv):
   c0 = _cpu_s()
   extras = Extras(beyond=_BEYOND.value, reruns=_RERUNS.value, sweep=_SWEEP.value,
                   check_duration_s=_LENGTH.value)
-  with Workers(settings.workers or min(2, os.cpu_count() or 1)) as workers:
+  with Workers(settings.workers or cli.usable_cpus()) as workers:
     outcomes, claims, reruns, off, got, t_searches = run(settings, extras, workers, log)
   lengths, fixed = got["length"], got["fixed"]
   sweep = [c for cs in got["sweep"] for c in cs]

@@ -40,6 +40,14 @@ def parse_ids(text: str, what: str = "--prompt_ids") -> list[int]:
   return out
 
 
+def usable_cpus() -> int:
+  """CPUs this process may run on (its affinity mask where the OS has one)."""
+  try:
+    return len(os.sched_getaffinity(0)) or 1
+  except AttributeError:                   # no affinity masks (macOS, Windows)
+    return os.cpu_count() or 1
+
+
 def repo_path(*parts: str) -> str:
   """Path inside the repository (for default config files)."""
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)

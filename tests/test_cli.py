@@ -26,3 +26,7 @@ def test_in_background_reports_a_failed_write():
   wait = cli.in_background(fail)
   with pytest.raises(RuntimeError, match="failed"):
     wait()
+
+
+def test_usable_cpus_are_at_most_the_machine_s():
+  assert 1 <= cli.usable_cpus() <= (os.cpu_count() or 1)
