@@ -36,6 +36,10 @@ from splitjax.scheduling.tally import Tally
 
 # Members as module constants: reading a global is cheaper than an Enum class attribute.
 _PROMPT, _TOKEN, _MIXED, _DOWN = Role.PROMPT, Role.TOKEN, Role.MIXED, Role.DOWN
+# Each lending pool, in the order rebalance asks them, with what picks the instance
+# it lends (the least loaded for the phase it is lent to, ties by name).
+_LENDERS = ((_TOKEN, lambda i: (i.token_load, i.name)),
+            (_PROMPT, lambda i: (i.pending_prompt_tokens, i.name)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,17 +280,17 @@ class MixedPool:
         self._settled = True
         return []
     changes: list[RoleChange] = []
-    for lender in (Role.TOKEN, Role.PROMPT):
-      key = ((lambda i: (i.token_load, i.name)) if lender == Role.TOKEN
-             else (lambda i: (i.pending_prompt_tokens, i.name)))
+    for lender, key in _LENDERS:
       while self._wants(lender):
-        inst = min((i for i in instances if i.role == lender), key=key)
-        inst.role = Role.MIXED
+        inst = min((i for i in instances if i.role is lender), key=key)
+        inst.role = _MIXED
         self._refresh()
-        changes.append(RoleChange(inst.name, lender, Role.MIXED))
+        changes.append(RoleChange(inst.name, lender, _MIXED))
+      if not self._mixed:                # (calm only sets borrowed instances' flags)
+        continue
       calm = self._load(lender) <= 0.5 and not self._lost(lender)
       for inst in sorted(self._mixed, key=self._index.__getitem__):
-        if inst.home != lender:
+        if inst.home is not lender:
           continue
         if inst.returning != calm:
           inst.returning, self.flags_changed = calm, True
