@@ -154,7 +154,7 @@ class CertainVerdict:
         still.append(p)
         arrived += 1
       elif rec.status is RequestStatus.COMPLETED:
-        self._count(self._over, p, rec.first_token_s, rec.first_token_s, rec.last_token_s)
+        self._count(self._over, p, rec.first_token_s, rec.last_token_s, now)
       else:
         self.failing = f"request {rec.request_id} {rec.status.value}"
         self.reason = f"judged {self.failing}"
@@ -170,7 +170,7 @@ class CertainVerdict:
     for p in still[:arrived]:
       rec = p.record
       first, end = self._bounds(rec, now, flight.get(rec.request_id))
-      self._count(over, p, now if first is None else first, first, end)
+      self._count(over, p, first, end, now)
       if first is None:
         ttft_open += 1
       else:
@@ -182,11 +182,15 @@ class CertainVerdict:
           self.reason = (f"{m.value} slowdown over {limit:g}x for {k} of the judged requests "
                          f"by {now:.1f} s: {self.failing} is certain to fail")
           return True
-    # Certain to hold: each check within its limit even if every latency not
-    # known yet ends over it. TTFTs known of pending requests count as they are.
-    opened = ((ttft_known, ttft_open), (self._over[1], sum(p.tbt_s == p.tbt_s for p in still)),
-              (self._over[2], len(still)))
-    for (counts, open_), allowed in zip(opened, self._allowed):
+    tbt_open = sum(p.record.output_tokens > 1 for p in still)
+    return self._surely_held((ttft_known, ttft_open), (self._over[1], tbt_open),
+                             (self._over[2], len(still)))
+
+  def _surely_held(self, *per_metric: tuple[list[int], int]) -> bool:
+    """Whether each check holds even if every latency not known yet ends over
+    its limit: per metric (in _METRICS order), the final values over each limit
+    and how many are still open (TTFTs of pending requests count once known)."""
+    for (counts, open_), allowed in zip(per_metric, self._allowed):
       if any(k + open_ > a for k, a in zip(counts, allowed)):
         return False
     self.passed = True
@@ -215,12 +219,12 @@ class CertainVerdict:
     step = self._min_step(rec.prompt_tokens + max(tokens, 1)) * _SLACK
     return first, nxt + (rec.output_tokens - tokens - 1) * step
 
-  def _count(self, over: list, p: _Pending, first_lb: float, first: float | None,
-             end: float) -> None:
-    """Adds ``p``'s slowdowns (final, or lower bounds: ``first_lb`` for its
-    first token's time, ``end`` for its last's) over each limit."""
+  def _count(self, over: list, p: _Pending, first: float | None, end: float,
+             now: float) -> None:
+    """Adds ``p``'s slowdowns (final, or lower bounds: its first token's time if
+    known, else ``now``; ``end`` for its last token's) over each limit."""
     rec = p.record
-    _add(over[0], self._limits[0], (first_lb - rec.arrival_s) / p.ttft_s)
+    _add(over[0], self._limits[0], ((now if first is None else first) - rec.arrival_s) / p.ttft_s)
     if rec.output_tokens > 1 and first is not None:
       _add(over[1], self._limits[1], (end - first) / (rec.output_tokens - 1) / p.tbt_s)
     _add(over[2], self._limits[2], (end - rec.arrival_s) / p.e2e_s)
