@@ -50,13 +50,17 @@ class Plan:
   """``more(outcomes, planned)`` for :func:`paper_run.run_graph`: HHcap's
   searches once Baseline-H100's rate is known; once every claim with a
   published value can be computed, the reruns of the deviating ones under each
-  modelling variant; and the :class:`Checks` whose inputs are ready."""
+  modelling variant, on the trace each one's value comes from (a claim taking
+  the best over traces reruns that trace's searches: the rerun value bounds
+  the claim under the switch, see ``paper_plots.reruns_table``); and the
+  :class:`Checks` whose inputs are ready."""
 
   def __init__(self, settings: P.RunSettings, extras: Extras, checks: Checks,
                log: Callable[[str], None]):
     self.settings, self.extras, self.checks, self.log = settings, extras, checks, log
     self.variants = [v for v in P.Variant if v != P.Variant.OURS]
     self.off: list[C.ClaimKey] | None = None       # deviating claims (None: not known yet)
+    self.rerun_on: dict[C.ClaimKey, tuple[P.Trace, ...]] = {}   # ... and their traces
 
   def _claims_ready(self, outcomes: Outcomes, planned: Sequence[P.SearchSpec]) -> bool:
     return all(s in outcomes for s in planned
@@ -67,14 +71,18 @@ class Plan:
     s = self.settings
     out = list(C.hhcap_specs(outcomes, s))
     if self.off is None and self._claims_ready(outcomes, list(planned) + out):
-      self.off = [c.key for c in C.compute_claims(outcomes, s) if c.deviates(s.deviation)]
+      off = [c for c in C.compute_claims(outcomes, s) if c.deviates(s.deviation)]
+      self.off, self.rerun_on = [c.key for c in off], {c.key: c.traces for c in off}
       if self.off and self.extras.reruns:
-        self.log(f"off by more than {s.deviation:.0%}: {', '.join(k.text for k in self.off)};"
-                 f" rerunning with {', '.join(v.value for v in self.variants)}")
+        self.log(f"off by more than {s.deviation:.0%}: " + ", ".join(
+            f"{c.key.text} ({'/'.join(t.value for t in c.traces)})" for c in off)
+            + f"; rerunning there with {', '.join(v.value for v in self.variants)}")
     if self.off and self.extras.reruns:
-      out += [x for v in self.variants for k in self.off for x in C.claim_specs(k, s, v)]
+      on = self.rerun_on
+      out += [x for v in self.variants for k in self.off for x in C.claim_specs(k, s, v, on[k])]
       if C.ClaimKey.HHCAP_LOWER_POWER in self.off:
-        out += [x for v in self.variants for x in C.hhcap_specs(outcomes, s, v)]
+        out += [x for v in self.variants
+                for x in C.hhcap_specs(outcomes, s, v, on[C.ClaimKey.HHCAP_LOWER_POWER])]
     return out + self.checks.ready(outcomes, planned, self.off)
 
 

@@ -87,6 +87,36 @@ def test_claims_from_hand_made_outcomes():
   assert c1.deviates(0.2) and not c2.deviates(0.2)
 
 
+def test_deviating_claims_are_rerun_on_the_trace_their_value_comes_from():
+  from splitjax import paper_plan as PL
+  outcomes = _outcomes(scale_code=0.5)
+  claims = C.compute_claims(outcomes, S)
+  low_cost = _claim(claims, C.ClaimKey.THROUGHPUT_AT_LOWER_COST)   # 1.1 on conv, 0.55 on code
+  assert low_cost.traces == (P.Trace.CONV,) and low_cost.to_dict()["traces"] == ["conv"]
+  assert _claim(claims, C.ClaimKey.CODE_COST_OPTIMAL).traces == (P.Trace.CODE,)
+  assert C.ClaimKey.HHCAP_LOWER_POWER.lowest_over_traces
+  assert not C.ClaimKey.THROUGHPUT_AT_LOWER_COST.lowest_over_traces
+  plan = PL.Plan(S, PL.Extras(beyond=False, sweep=False, check_duration_s=-1),
+                 PL.Checks(S, PL.Extras(), None), lambda _: None)
+  more = plan.more(outcomes, list(outcomes))
+  assert plan.off == [C.ClaimKey.THROUGHPUT_AT_LOWER_COST]
+  reruns = [x for x in more if isinstance(x, P.SearchSpec) and x.variant != P.Variant.OURS]
+  assert {x.trace for x in reruns} == {P.Trace.CONV}
+  assert {(x.design, x.variant) for x in reruns} == {
+      (d, v) for v in P.Variant if v != P.Variant.OURS
+      for d in (P.PaperDesign.BASELINE_H100, P.PaperDesign.SPLITWISE_AA,
+                P.PaperDesign.SPLITWISE_HA)}
+  # Under a switch, the claim is computed from the rerun trace alone.
+  for x in reruns:
+    mine = outcomes[dataclasses.replace(x, variant=P.Variant.OURS)]
+    outcomes[x] = dataclasses.replace(mine, spec=x)
+  again = _claim(C.compute_claims(outcomes, S, P.Variant.SERIAL_TRANSFER),
+                 C.ClaimKey.THROUGHPUT_AT_LOWER_COST)
+  assert again.our_value == pytest.approx(1.1) and again.traces == (P.Trace.CONV,)
+  md = pp.render_report(claims, {P.Variant.SERIAL_TRANSFER: (again,)}, outcomes, S, [])
+  assert "1.4x throughput at 20% lower cost (conv; a lower bound)" in md
+
+
 def test_missing_searches_leave_claims_empty_and_deps_are_listed():
   claims = C.compute_claims({}, S)
   assert all(c.our_value is None for c in claims)
@@ -96,6 +126,10 @@ def test_missing_searches_leave_claims_empty_and_deps_are_listed():
       (t, d) for t in S.traces for d in (P.PaperDesign.BASELINE_A100, P.PaperDesign.SPLITWISE_AA)}
   assert all(s.variant == P.Variant.NO_GQA_KV for s in deps)
   assert len(C.hhcap_specs(_outcomes(), S)) == 2
+  assert [s.trace for s in C.hhcap_specs(_outcomes(), S, traces=[P.Trace.CODE])] == [
+      P.Trace.CODE]
+  assert {s.trace for s in C.claim_specs(C.ClaimKey.SAME_COST_AND_POWER, S,
+                                          P.Variant.NO_GQA_KV, [P.Trace.CONV])} == {P.Trace.CONV}
 
 
 def test_report_has_every_claim_and_the_reruns_of_deviating_ones(tmp_path):
