@@ -35,8 +35,12 @@ _CACHE = flags.DEFINE_string("cache_dir", cli.repo_path(".cache", "provision"),
                              "Probe outcome cache ('' disables it).")
 _TRACES = flags.DEFINE_list("traces", ["code", "conv"], "Azure traces (code, conv).")
 _REQUESTS = flags.DEFINE_integer("requests", 0, "Fewest requests per probe (0: the preset's).")
-_DURATION = flags.DEFINE_float("min_duration_s", 0.0, "Shortest probe, seconds of arrivals "
-                               "(0: the preset's).")
+_DURATION = flags.DEFINE_float("min_duration_s", 0.0, "Shortest probe, seconds of arrivals, "
+                               "on every trace unless --code_min_duration_s is given (0: the "
+                               "preset's: 120 s on conv, 60 s on code).")
+_CODE_DURATION = flags.DEFINE_float("code_min_duration_s", 0.0, "Shortest probe on the code "
+                                    "trace, seconds of arrivals (0: --min_duration_s if given, "
+                                    "else the preset's).")
 _STEP = flags.DEFINE_integer("step", 0, "Grid step, machines (0: the preset's).")
 _TOLERANCE = flags.DEFINE_float("tolerance", 0.0, "Bisection tolerance (0: the preset's).")
 _SCALE = flags.DEFINE_float("budget_scale", 1.0, "x the paper's budgets and the 70 req/s "
@@ -45,8 +49,8 @@ _BEYOND = flags.DEFINE_bool("beyond", True, "Also search every prompt / token ki
                             "(Splitwise-any, refined grid) at both budgets, with the default "
                             "and with lazy mixed-pool borrowing.")
 _LENGTH = flags.DEFINE_float("check_duration_s", 0.0, "Also bisect a few iso-power winners "
-                             "with probes this long, seconds (probe-length check; 0: twice "
-                             "the probes' duration; < 0: skip).")
+                             "per trace with probes this long, seconds (probe-length check; "
+                             "0: twice the trace's probe duration; < 0: skip).")
 _SWEEP = flags.DEFINE_bool("hh_sweep", True, "Also bisect Splitwise-HH on a (prompt, token) "
                            "grid of 2 x step for the heat maps.")
 _RERUNS = flags.DEFINE_bool("reruns", True, "Rerun deviating claims' searches per modeling "
@@ -57,7 +61,8 @@ def settings_from_flags():
   from splitjax.paper import QUICK, RunSettings, Trace
   s = QUICK if _QUICK.value else RunSettings()
   over = {"requests": _REQUESTS.value, "step": _STEP.value, "tolerance": _TOLERANCE.value,
-          "min_duration_s": _DURATION.value}
+          "min_duration_s": _DURATION.value,
+          "code_min_duration_s": _CODE_DURATION.value or _DURATION.value}
   return dataclasses.replace(
       s, **{k: v for k, v in over.items() if v}, budget_scale=_SCALE.value,
       traces=tuple(Trace(t) for t in _TRACES.value), workers=_WORKERS.value,
@@ -114,7 +119,8 @@ def main(argv):
   t2 = time.perf_counter()
   cpu = _cpu_s() - c0
   probes = sum(o.probes for o in outcomes.values())
-  header = [f"Settings: probes of at least {settings.min_duration_s:g} s and "
+  lengths_s = ", ".join(f"{settings.duration_s(t):g} s ({t.value})" for t in settings.traces)
+  header = [f"Settings: probes of at least {lengths_s} and "
             f"{settings.requests} requests, judged from {settings.measure_from:.0%} to "
             f"{settings.measure_to:.0%} of their arrivals, grid step {settings.step}, "
             f"bisection tolerance {settings.tolerance:.0%}, budgets x{settings.budget_scale:g}"

@@ -33,7 +33,7 @@ def length_check(trace: Trace, design: PaperDesign, layout: Layout, duration_s: 
                  settings: RunSettings, hint: float = 0.0) -> LengthCheck:
   """``layout``'s max rate with ``duration_s``-second probes, resolved on the
   searches' lattice from ``hint`` req/s (cached like the searches)."""
-  probe = _cached(SimProbe.create(base_sim(trace, design), settings.probe(duration_s)),
+  probe = _cached(SimProbe.create(base_sim(trace, design), settings.probe(trace, duration_s)),
                   settings)
   return LengthCheck(trace, design, layout, duration_s,
                      _lattice_rate(probe, layout, settings, hint))
@@ -44,10 +44,10 @@ def hh_sweep(trace: Trace, counts: Sequence[int], settings: RunSettings,
   """Splitwise-HH max rates on the (prompt, token) grid ``counts`` x ``counts``
   (:func:`sweep_grid`, on the searches' lattice and cache). ``known``:
   (prompt, token) -> a lattice max rate from a search with the same probes."""
-  probe = _cached(SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HH), settings.probe()),
-                  settings)
+  probe = _cached(SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HH),
+                                  settings.probe(trace)), settings)
   lattice = RateLattice.of(Bisection(tolerance=settings.tolerance))
-  return [LengthCheck(trace, PaperDesign.SPLITWISE_HH, r.layout, settings.min_duration_s,
+  return [LengthCheck(trace, PaperDesign.SPLITWISE_HH, r.layout, settings.duration_s(trace),
                       r.bracket().lower)
           for r in sweep_grid(probe, counts, H100, lattice, known)]
 
@@ -119,7 +119,7 @@ def fixed_split_hhcap(trace: Trace, rate: float, settings: RunSettings) -> Fixed
   that meets the rate, by bisection (each scale's layout has no fewer machines
   in either pool than the one before, so feasibility only grows with scale)."""
   probe = _cached(SimProbe.create(base_sim(trace, PaperDesign.SPLITWISE_HHCAP),
-                                  settings.probe()), settings)
+                                  settings.probe(trace)), settings)
   prompt, token = HHCAP_PAPER_SPLIT
   baseline = paper_budget(BudgetKind.ISO_POWER, settings.budget_scale).power_w
   counts = list(dict.fromkeys(

@@ -23,8 +23,9 @@ Outcomes = Mapping[P.SearchSpec, P.SearchOutcome]
 @dataclasses.dataclass(frozen=True)
 class Extras:
   """What runs besides our model's searches: Splitwise-any (``beyond``), the
-  reruns of deviating claims, the HH sweep, the probe-length check with
-  probes of ``check_duration_s`` (0: twice the searches'; < 0: none)."""
+  reruns of deviating claims, the HH sweep, the probe-length check on every
+  trace with probes of ``check_duration_s`` (0: twice the trace's searches';
+  < 0: none)."""
   beyond: bool = True
   reruns: bool = True
   sweep: bool = True
@@ -108,10 +109,11 @@ class Checks:
     self.trace = P.Trace.CONV if P.Trace.CONV in settings.traces else settings.traces[0]
     self.results: dict[str, list] = {}
 
-  def _wins(self, outcomes: Outcomes, designs) -> list | None:
-    """(design, winner) of each design's iso-power search on ``trace``, None
-    while one is still to come."""
-    specs = [(d, P.budget_spec(self.trace, d, BudgetKind.ISO_POWER, self.settings))
+  def _wins(self, outcomes: Outcomes, designs, trace: P.Trace | None = None) -> list | None:
+    """(design, winner) of each design's iso-power search on ``trace`` (None:
+    the latency runs' trace), None while one is still to come."""
+    trace = trace or self.trace
+    specs = [(d, P.budget_spec(trace, d, BudgetKind.ISO_POWER, self.settings))
              for d in designs]
     if any(s not in outcomes for _, s in specs):
       return None
@@ -121,15 +123,19 @@ class Checks:
     """The group's tasks, None if its inputs are not all known yet."""
     s, d = self.settings, P.PaperDesign
     if group == "length":
-      longer = self.extras.check_duration_s or 2 * s.min_duration_s
-      if longer < 0 or longer == s.min_duration_s:
-        return []
-      wins = self._wins(outcomes, (d.BASELINE_A100, d.BASELINE_H100, d.SPLITWISE_AA,
-                                   d.SPLITWISE_HH))
-      if wins is None:
-        return None
-      return [(K.length_check, self.trace, x, b.layout, n, s, b.max_rate)
-              for n in (s.min_duration_s, longer) for x, b in wins]
+      tasks = []
+      for trace in s.traces:
+        own = s.duration_s(trace)
+        longer = self.extras.check_duration_s or 2 * own
+        if longer < 0 or longer == own:
+          continue
+        wins = self._wins(outcomes, (d.BASELINE_A100, d.BASELINE_H100, d.SPLITWISE_AA,
+                                     d.SPLITWISE_HH), trace)
+        if wins is None:
+          return None
+        tasks += [(K.length_check, trace, x, b.layout, n, s, b.max_rate)
+                  for n in (own, longer) for x, b in wins]
+      return tasks
     if group == "sweep":
       hh = [x for x in planned if x.design == d.SPLITWISE_HH and x.variant == P.Variant.OURS
             and x.budget.kind != BudgetKind.ISO_THROUGHPUT]

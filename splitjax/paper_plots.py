@@ -34,7 +34,7 @@ def simulate_latencies(trace: Trace, design: PaperDesign, layout: Layout, rate: 
   """One probe-like simulation of ``layout`` at ``rate`` req/s, its latencies."""
   from splitjax.metrics import RequestStatus
   from splitjax.sim.build import build
-  probe = settings.probe()
+  probe = settings.probe(trace)
   cfg = probe_config(base_sim(trace, design), layout, rate, probe)
   sim, specs = build(cfg)
   judged = {s.request_id for s in probe.window.judged(specs, probe.horizon_s(rate))}
@@ -205,47 +205,59 @@ def _seconds(x: float) -> str:
 
 
 def length_table(checks: Sequence[LengthCheck]) -> list[str]:
-  """Max rate per layout at each probe duration, and the ratios the claims use."""
+  """Per trace, max rate per layout at each probe duration, and the ratios the
+  claims use."""
   if not checks:
     return ["(not run)"]
-  lengths = sorted({c.duration_s for c in checks})
-  rate = {(c.design, c.duration_s): c.max_rate for c in checks}
-  lines = ["| design | layout | " + " | ".join(f"max req/s, {_seconds(n)} probes"
-                                               for n in lengths)
-           + " |", "|---|---|" + "---|" * len(lengths)]
-  for c in checks:
-    if c.duration_s == lengths[0]:
-      lines.append(f"| {c.design.label} | {c.layout.label} | " + " | ".join(
-          _num(rate.get((c.design, n)), ".1f") for n in lengths) + " |")
-  d = PaperDesign
-  for a, b in ((d.SPLITWISE_AA, d.BASELINE_A100), (d.SPLITWISE_HH, d.BASELINE_H100)):
-    ratios = [rate[(a, n)] / rate[(b, n)] if rate.get((a, n)) and rate.get((b, n)) else None
-              for n in lengths]
-    lines.append(f"| {a.label} / {b.label} | ratio | " + " | ".join(
-        _num(r) for r in ratios) + " |")
-  return lines
+  lines = []
+  for trace in dict.fromkeys(c.trace for c in checks):
+    mine = [c for c in checks if c.trace == trace]
+    lengths = sorted({c.duration_s for c in mine})
+    rate = {(c.design, c.duration_s): c.max_rate for c in mine}
+    lines += [f"{trace.value} trace:", "",
+              "| design | layout | " + " | ".join(f"max req/s, {_seconds(n)} probes"
+                                                 for n in lengths)
+              + " |", "|---|---|" + "---|" * len(lengths)]
+    for c in mine:
+      if c.duration_s == lengths[0]:
+        lines.append(f"| {c.design.label} | {c.layout.label} | " + " | ".join(
+            _num(rate.get((c.design, n)), ".1f") for n in lengths) + " |")
+    for a, b in _LENGTH_RATIOS:
+      ratios = [rate[(a, n)] / rate[(b, n)] if rate.get((a, n)) and rate.get((b, n)) else None
+                for n in lengths]
+      lines.append(f"| {a.label} / {b.label} | ratio | " + " | ".join(
+          _num(r) for r in ratios) + " |")
+    lines.append("")
+  return lines[:-1]
+
+
+_LENGTH_RATIOS = ((PaperDesign.SPLITWISE_AA, PaperDesign.BASELINE_A100),
+                  (PaperDesign.SPLITWISE_HH, PaperDesign.BASELINE_H100))
 
 
 def length_verdict(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Claim]],
                    checks: Sequence[LengthCheck]) -> list[str]:
-  """One sentence: how far probe duration moves the ratios vs the largest move of a
-  switched modeling difference on any claim (relative change of our value)."""
-  lengths = sorted({c.duration_s for c in checks})
-  rate = {(c.design, c.duration_s): c.max_rate for c in checks}
+  """One sentence: how far probe duration moves the ratios on each trace vs the
+  largest move of a switched modeling difference on any claim (relative change
+  of our value)."""
   moves = []
-  for a, b in ((PaperDesign.SPLITWISE_AA, PaperDesign.BASELINE_A100),
-               (PaperDesign.SPLITWISE_HH, PaperDesign.BASELINE_H100)):
-    r = [rate.get((a, n), 0) / rate[(b, n)] for n in lengths if rate.get((b, n))]
-    if len(r) == len(lengths) >= 2 and r[0] > 0:
-      moves.append(f"{a.label} / {b.label} {r[0]:.2f} -> {r[-1]:.2f} ({r[-1] / r[0] - 1:+.0%})")
+  for trace in dict.fromkeys(c.trace for c in checks):
+    mine = [c for c in checks if c.trace == trace]
+    lengths = sorted({c.duration_s for c in mine})
+    rate = {(c.design, c.duration_s): c.max_rate for c in mine}
+    for a, b in _LENGTH_RATIOS:
+      r = [rate.get((a, n), 0) / rate[(b, n)] for n in lengths if rate.get((b, n))]
+      if len(r) == len(lengths) >= 2 and r[0] > 0:
+        moves.append(f"{trace.value}, {_seconds(lengths[0])} -> {_seconds(lengths[-1])}: "
+                     f"{a.label} / {b.label} {r[0]:.2f} -> {r[-1]:.2f} "
+                     f"({r[-1] / r[0] - 1:+.0%})")
   if not moves:
     return []
   switched = [abs(x.our_value / c.our_value - 1) for v in reruns for x in reruns[v]
               for c in claims if x.key == c.key and c.our_value and x.our_value is not None]
   biggest = f"{max(switched):.0%}" if switched else "n/a (no reruns)"
-  return [f"From {_seconds(lengths[0])} to {_seconds(lengths[-1])} probes: "
-          f"{'; '.join(moves)}. The largest change of any claim's value from a switched "
-          f"modeling difference: {biggest}."]
+  return [f"Longer probes move the ratios by: {'; '.join(moves)}. The largest change of any "
+          f"claim's value from a switched modeling difference: {biggest}."]
 
 
 def fixed_split_lines(fixed: Sequence[FixedSplitCheck]) -> list[str]:
@@ -286,13 +298,14 @@ def render_report(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Cla
          "Not switchable (not measured): the power budget left unenforced at run time "
          "(both simulators only size clusters by GPU power).",
          "", "## Probe length", "",
-         f"Max rates come from Poisson probes of at least {_seconds(settings.min_duration_s)}"
-         f" of arrivals (and {settings.requests} requests), judged on the requests arriving "
+         "Max rates come from Poisson probes of at least "
+         + ", ".join(f"{_seconds(settings.duration_s(t))} ({t.value})" for t in settings.traces)
+         + f" of arrivals (and {settings.requests} requests), judged on the requests arriving "
          f"from {settings.measure_from:.0%} to {settings.measure_to:.0%} of that span: queues "
          "fill at the start and drain at the end, and a conversation request decodes for "
-         "tens of seconds, so shorter probes flatter Splitwise. The same layouts with "
-         f"longer probes ({checks[0].trace.value if checks else 'n/a'} trace; the layouts are "
-         "the searches' winners, not searched again):", "",
+         "tens of seconds, so too short a probe flatters Splitwise (a code request's output "
+         "is short, so its probes can be shorter). The same layouts with longer probes (the "
+         "layouts are the searches' iso-power winners, not searched again):", "",
          *length_table(checks), "", *length_verdict(claims, reruns, checks), "",
          "## Every design's winner", "", *designs_table(outcomes, settings), "",
          "## Figures", "", *[f"- ![{f}]({f})" for f in figures], ""]

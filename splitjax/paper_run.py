@@ -75,7 +75,7 @@ def run_search(spec: SearchSpec, settings: RunSettings,
   """One provisioning search, inline (runs in a worker process)."""
   t0, c0 = time.perf_counter(), time.process_time()
   probe = SimProbe.create(base_sim(spec.trace, spec.design, spec.variant, spec.tuning),
-                          settings.probe())
+                          settings.probe(spec.trace))
   thr = spec.budget.kind == BudgetKind.ISO_THROUGHPUT
   refine = thr or spec.design == PaperDesign.SPLITWISE_ANY
   space = spec.design.space(settings.step, settings.max_machines,

@@ -161,7 +161,11 @@ def test_figures_are_written(tmp_path):
   for p in paths:
     assert p.read_bytes()[:4] == b"\x89PNG"
   assert pp.plot_hh_heatmap({}, P.Trace.CODE, tmp_path / "none.png", sweep) is None
-  assert P.QUICK.min_duration_s == 60.0 and P.QUICK.probe().window.start == 0.25
+  assert P.QUICK.min_duration_s == 60.0 and P.QUICK.probe(P.Trace.CONV).window.start == 0.25
+  assert P.QUICK.duration_s(P.Trace.CODE) == 60.0
+  assert (S.probe(P.Trace.CODE).min_duration_s, S.probe(P.Trace.CONV).min_duration_s) == (
+      60.0, 120.0)
+  assert S.probe(P.Trace.CODE, 240.0).min_duration_s == 240.0
   assert P.QUICK.tunings == (P.Tuning.DEFAULT,)
 
 
@@ -170,13 +174,31 @@ def test_probe_length_section_compares_ratios_across_lengths():
   rates = {(d.BASELINE_A100, 60.0): 80.0, (d.BASELINE_A100, 120.0): 60.0,
            (d.SPLITWISE_AA, 60.0): 160.0, (d.SPLITWISE_AA, 120.0): 90.0}
   checks = [P.LengthCheck(P.Trace.CONV, x, WINNERS[x][0], n, r) for (x, n), r in rates.items()]
+  checks += [P.LengthCheck(P.Trace.CODE, x, WINNERS[x][0], 2 * n, r) for (x, n), r in
+             rates.items()]
   outcomes = _outcomes(scale_code=0.5)
   claims = C.compute_claims(outcomes, S)
   md = pp.render_report(claims, {}, outcomes, S, [], checks=checks)
   part = md.split("## Probe length")[1].split("##")[0]
-  assert "| Splitwise-AA / Baseline-A100 | ratio | 2.00 | 1.50 |" in part
-  assert "2.00 -> 1.50 (-25%)" in part and "n/a (no reruns)" in part
+  assert part.count("| Splitwise-AA / Baseline-A100 | ratio | 2.00 | 1.50 |") == 2
+  assert "conv, 60 s -> 120 s: Splitwise-AA / Baseline-A100 2.00 -> 1.50 (-25%)" in part
+  assert "code, 120 s -> 240 s: Splitwise-AA / Baseline-A100 2.00" in part
+  assert "n/a (no reruns)" in part and "at least 60 s (code), 120 s (conv)" in part
   assert "max req/s, 60 s probes | max req/s, 120 s probes" in part
+  assert "max req/s, 120 s probes | max req/s, 240 s probes" in part.split("code trace:")[1]
+
+
+def test_the_length_check_runs_on_every_trace_at_twice_its_probes():
+  from splitjax import paper_plan as PL
+  checks = PL.Checks(S, PL.Extras(), None)
+  tasks = checks._tasks("length", _outcomes(), [], None)
+  got = {(t[1], t[4]) for t in tasks}
+  assert got == {(P.Trace.CODE, 60.0), (P.Trace.CODE, 120.0), (P.Trace.CONV, 120.0),
+                 (P.Trace.CONV, 240.0)}
+  assert len(tasks) == 2 * 2 * 4                     # 4 winners per trace and length
+  fixed = PL.Checks(S, PL.Extras(check_duration_s=120.0), None)
+  assert {(t[1], t[4]) for t in fixed._tasks("length", _outcomes(), [], None)} == {
+      (P.Trace.CODE, 60.0), (P.Trace.CODE, 120.0)}   # conv already probes 120 s
 
 
 def test_beyond_claims_compare_splitwise_any_with_the_best_paper_design():
