@@ -172,6 +172,12 @@ class RunSettings:
                          measure_from=self.measure_from, measure_to=self.measure_to)
 
   @property
+  def resolution(self) -> float:
+    """Relative change a ratio of two max rates can show by lattice rounding
+    alone (each rate is a ``tolerance`` lattice point)."""
+    return (1.0 + self.tolerance) ** 2 - 1.0
+
+  @property
   def max_machines(self) -> int:
     """Per pool, iso-throughput searches (1.5 x the budget's H100 count)."""
     return max(2 * self.step, math.ceil(1.5 * PAPER_H100_MACHINES * self.budget_scale))

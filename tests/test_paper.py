@@ -114,7 +114,7 @@ def test_deviating_claims_are_rerun_on_the_trace_their_value_comes_from():
                  C.ClaimKey.THROUGHPUT_AT_LOWER_COST)
   assert again.our_value == pytest.approx(1.1) and again.traces == (P.Trace.CONV,)
   md = pp.render_report(claims, {P.Variant.SERIAL_TRANSFER: (again,)}, outcomes, S, [])
-  assert "1.4x throughput at 20% lower cost (conv; a lower bound)" in md
+  assert "1.4x throughput at 20% lower cost (conv; lower bound)" in md
 
 
 def test_missing_searches_leave_claims_empty_and_deps_are_listed():
@@ -303,3 +303,19 @@ def test_the_hh_sweep_grid_finds_every_cells_lattice_rate(surface, known):
   assert [r.bracket().lower for r in got] == [r.bracket().lower for r in truth.values()]
   assert not {(c[0].prompt.machines, c[0].token.machines) for c in calls} & set(known)
   assert len(calls) < 0.6 * brute          # each cell resolved alone: brute
+
+
+def test_a_switch_explains_a_gap_only_beyond_the_searches_resolution():
+  key = C.ClaimKey.THROUGHPUT_AT_LOWER_COST
+  ours = C.Claim(key, 1.71, "", traces=(P.Trace.CODE,))
+  near = {P.Variant.SERIAL_TRANSFER: (C.Claim(key, 1.55, ""),),    # 9% closer: one step each
+          P.Variant.BATCH_DECODE: (C.Claim(key, 1.98, ""),)}        # farther
+  assert S.resolution == pytest.approx(0.1025)
+  row = pp.reruns_table([ours], near, 0.2, S.resolution)[-1]
+  assert row.endswith("| none beyond the searches' resolution (10%): KV sent serially after "
+                      "each prefill 9% |")
+  far = {**near, P.Variant.NO_GQA_KV: (C.Claim(key, 1.45, ""),)}   # 15% closer
+  row = pp.reruns_table([ours], far, 0.2, S.resolution)[-1]
+  assert row.endswith("| KV sized without GQA (8x larger) |")
+  assert pp.reruns_table([ours], {P.Variant.BATCH_DECODE: near[P.Variant.BATCH_DECODE]},
+                         0.2, S.resolution)[-1].endswith("| none (no switch moves it closer) |")
