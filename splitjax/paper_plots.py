@@ -220,10 +220,7 @@ def length_table(checks: Sequence[LengthCheck]) -> list[str]:
   if not checks:
     return ["(not run)"]
   lines = []
-  for trace in dict.fromkeys(c.trace for c in checks):
-    mine = [c for c in checks if c.trace == trace]
-    lengths = sorted({c.duration_s for c in mine})
-    rate = {(c.design, c.duration_s): c.max_rate for c in mine}
+  for trace, mine, lengths, rate in _per_trace(checks):
     lines += [f"{trace.value} trace:", "",
               "| design | layout | " + " | ".join(f"max req/s, {_seconds(n)} probes"
                                                  for n in lengths)
@@ -245,16 +242,22 @@ _LENGTH_RATIOS = ((PaperDesign.SPLITWISE_AA, PaperDesign.BASELINE_A100),
                   (PaperDesign.SPLITWISE_HH, PaperDesign.BASELINE_H100))
 
 
+def _per_trace(checks: Sequence[LengthCheck]):
+  """Per trace (in order of appearance): its checks, their sorted durations (s)
+  and (design, duration) -> max rate (req/s)."""
+  for trace in dict.fromkeys(c.trace for c in checks):
+    mine = [c for c in checks if c.trace == trace]
+    yield (trace, mine, sorted({c.duration_s for c in mine}),
+           {(c.design, c.duration_s): c.max_rate for c in mine})
+
+
 def length_verdict(claims: Sequence[Claim], reruns: Mapping[Variant, Sequence[Claim]],
                    checks: Sequence[LengthCheck]) -> list[str]:
   """One sentence: how far probe duration moves the ratios on each trace vs the
   largest move of a switched modeling difference on any claim (relative change
   of our value)."""
   moves = []
-  for trace in dict.fromkeys(c.trace for c in checks):
-    mine = [c for c in checks if c.trace == trace]
-    lengths = sorted({c.duration_s for c in mine})
-    rate = {(c.design, c.duration_s): c.max_rate for c in mine}
+  for trace, _, lengths, rate in _per_trace(checks):
     for a, b in _LENGTH_RATIOS:
       r = [rate.get((a, n), 0) / rate[(b, n)] for n in lengths if rate.get((b, n))]
       if len(r) == len(lengths) >= 2 and r[0] > 0:
