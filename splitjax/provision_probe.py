@@ -29,8 +29,10 @@ from splitjax.sim.window import MeasureWindow
 # instance with prompts queued (StepPolicy.repeats_decode): heavily borrowing
 # layouts simulate as stepping does. 5: early stops use sound bounds (tokens a
 # running leap emitted were missed, which could overstate a latency bound) and
-# also stop once every check is certain to hold.
-CACHE_VERSION = 5
+# also stop once every check is certain to hold. 6: the mixed pool no longer
+# returns a lent prompt instance while it prefills a request it decodes itself
+# (that request never decoded and failed at the end).
+CACHE_VERSION = 6
 
 
 class CacheMiss(LookupError):

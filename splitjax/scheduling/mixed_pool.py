@@ -303,7 +303,13 @@ class MixedPool:
 
 
 def _drained(inst: Instance) -> bool:
-  """No foreign-phase work left on a borrowed instance."""
+  """No foreign-phase work left on a borrowed instance. A prompt instance lent
+  to the token phase is not drained while it prefills a request it decodes
+  itself (``start_local_prefill`` took it out of ``incoming``): returned then,
+  that request would wait for a decode its prompt role never runs."""
   if inst.home == Role.TOKEN:
     return not (inst.prompt_queue or inst.prefilling or inst.held)
-  return not (inst.incoming or inst.decode_queue or inst.decoding)
+  if inst.incoming or inst.decode_queue or inst.decoding:
+    return False
+  name = inst.name
+  return not any(r.token_instance == name for r in inst.prefilling.values())

@@ -3,7 +3,7 @@ conservation of requests, memory never over-committed, hand-checkable times and
 tokens, rejection at admission, preemption and the mixed pool."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from splitjax.metrics import RequestStatus
 from splitjax.runtime.clock import VirtualClock
@@ -51,6 +51,11 @@ def _run(specs, policy, mixed, *, n_prompt=2, n_token=2, n_coloc=4, slots=4, cap
 @given(st.lists(st.tuples(st.floats(0, 0.5), st.integers(1, 900), st.integers(1, 40)),
                 min_size=1, max_size=30),
        st.sampled_from(POLICIES))
+# Request 2 prefills on the lent prompt1 to decode there; prompt1 was returned
+# mid-prefill, and nothing decoded it (fixed in mixed_pool._drained).
+@example([(0.0, 690, 31), (0.25, 639, 40), (0.265625, 1, 2), (0.125, 307, 17),
+          (0.1875, 83, 9), (0.0625, 714, 22), (0.09375, 705, 16)],
+         (ClusterPolicy.SPLIT, True))
 def test_every_request_ends_with_hand_checkable_tokens(reqs, policy):
   specs = [RequestSpec(i, a, p, o) for i, (a, p, o) in enumerate(reqs)]
   result, coord, _ = _run(specs, *policy, borrow_prompt_tokens=300, chunk_token_budget=128)

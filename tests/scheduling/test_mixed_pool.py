@@ -4,6 +4,7 @@ import math
 
 from hypothesis import given, settings, strategies as st
 
+from splitjax.scheduling.batchers import start_local_prefill
 from splitjax.scheduling.mixed_pool import MixedPool, _drained
 from splitjax.scheduling.records import Role
 from tests.scheduling.helpers import inst, req
@@ -41,6 +42,31 @@ def test_borrows_a_prompt_instance_when_token_memory_runs_out():
   changes = pool.rebalance(insts)
   assert [(c.instance, c.new) for c in changes] == [("p1", Role.MIXED)]
   assert insts[1].takes_tokens and insts[1].takes_prompts
+
+
+def test_a_lent_prompt_instance_prefilling_for_its_own_decode_is_not_returned():
+  """Its request left ``incoming`` when the prefill began and decodes here
+  next: returned to the prompt role now, nothing would ever decode it."""
+  insts = _cluster()
+  pool = MixedPool(borrow_prompt_tokens=10_000, borrow_kv_fraction=0.5)
+  for t in insts[2:]:
+    t.kv.allocate(1, 600)
+  insts[0].prompt_queue.append(req(3, 50, 1))
+  assert [c.instance for c in pool.rebalance(insts)] == ["p1"]
+  p1 = insts[1]
+  r = req(7, 20, 5, prompt_inst="p1", token_inst="p1")
+  p1.incoming[7] = r                                    # routed here for both phases
+  start_local_prefill(p1, r)
+  assert not p1.incoming and not p1.decoding and not _drained(p1)
+  for t in insts[2:]:
+    t.kv.free(1)                                        # the token pool's pressure is gone
+  assert pool.rebalance(insts) == [] and p1.role == Role.MIXED
+  p1.prefilling.pop(7)                                  # prefilled: it now decodes here
+  p1.decoding[7] = r
+  assert pool.rebalance(insts) == [] and p1.role == Role.MIXED
+  p1.decoding.pop(7)
+  p1.give_back_slot(r)
+  assert [(c.instance, c.new) for c in pool.rebalance(insts)] == [("p1", Role.PROMPT)]
 
 
 @settings(max_examples=60, deadline=None)
