@@ -60,8 +60,13 @@ class Plan:
                log: Callable[[str], None]):
     self.settings, self.extras, self.checks, self.log = settings, extras, checks, log
     self.variants = [v for v in P.Variant if v != P.Variant.OURS]
-    self.off: list[C.ClaimKey] | None = None       # deviating claims (None: not known yet)
-    self.rerun_on: dict[C.ClaimKey, tuple[P.Trace, ...]] = {}   # ... and their traces
+    # Deviating claims -> the traces their values come from (None: not known yet).
+    self.rerun_on: dict[C.ClaimKey, tuple[P.Trace, ...]] | None = None
+
+  @property
+  def off(self) -> list[C.ClaimKey] | None:
+    """The deviating claims (None: not known yet)."""
+    return None if self.rerun_on is None else list(self.rerun_on)
 
   def _claims_ready(self, outcomes: Outcomes, planned: Sequence[P.SearchSpec]) -> bool:
     return all(s in outcomes for s in planned
@@ -71,17 +76,17 @@ class Plan:
            planned: Sequence[P.SearchSpec]) -> list[P.SearchSpec | R.Job]:
     s = self.settings
     out = list(C.hhcap_specs(outcomes, s))
-    if self.off is None and self._claims_ready(outcomes, list(planned) + out):
+    if self.rerun_on is None and self._claims_ready(outcomes, list(planned) + out):
       off = [c for c in C.compute_claims(outcomes, s) if c.deviates(s.deviation)]
-      self.off, self.rerun_on = [c.key for c in off], {c.key: c.traces for c in off}
-      if self.off and self.extras.reruns:
+      self.rerun_on = {c.key: c.traces for c in off}
+      if off and self.extras.reruns:
         self.log(f"off by more than {s.deviation:.0%}: " + ", ".join(
             f"{c.key.text} ({'/'.join(t.value for t in c.traces)})" for c in off)
             + f"; rerunning there with {', '.join(v.value for v in self.variants)}")
-    if self.off and self.extras.reruns:
-      on = self.rerun_on
-      out += [x for v in self.variants for k in self.off for x in C.claim_specs(k, s, v, on[k])]
-      if C.ClaimKey.HHCAP_LOWER_POWER in self.off:
+    on = self.rerun_on
+    if on and self.extras.reruns:
+      out += [x for v in self.variants for k, t in on.items() for x in C.claim_specs(k, s, v, t)]
+      if C.ClaimKey.HHCAP_LOWER_POWER in on:
         out += [x for v in self.variants
                 for x in C.hhcap_specs(outcomes, s, v, on[C.ClaimKey.HHCAP_LOWER_POWER])]
     return out + self.checks.ready(outcomes, planned, self.off)
