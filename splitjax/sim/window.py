@@ -29,7 +29,9 @@ no longer change the verdict on the judged requests, without approximation:
   known yet (of the pending judged requests) ends over it. This one assumes
   the pending judged requests complete, as they do unless the run is stopped:
   a simulation fails no request on its own (no faults are simulated, and a
-  request stuck at the end would be a scheduler bug the tests rule out).
+  request stuck at the end is a scheduler bug: the runtime loop's and the
+  simulator's property tests look for one, and found the mixed pool's
+  stranded local prefill, since fixed).
 """
 
 from __future__ import annotations
